@@ -1,0 +1,153 @@
+"""The plugin API: what a method and an evaluator implement, and what the harness hands them.
+
+A method edits a pipeline so that it no longer renders a concept; an evaluator measures a pipeline on a
+task's prompt splits. Both carry a ``Config`` dataclass whose defaults are the paper's settings; the
+harness validates the YAML against it, so plugins never see Hydra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+if TYPE_CHECKING:  # keep `import erasebench.api` light: torch and diffusers load only when used
+    import torch
+    from diffusers import DiffusionPipeline
+    from PIL.Image import Image
+
+#: The two splits every task has: prompts for the concept to erase, and prompts whose images must survive.
+SPLITS: tuple[str, ...] = ("erase", "preserve")
+
+
+@dataclass(frozen=True)
+class NoConfig:
+    """The config of a plugin without settings."""
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """One image to generate: the prompt, its seed and the concept it shows (the classifier label)."""
+
+    prompt: str
+    seed: int
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """What to erase and how to check it. Data, not a plugin.
+
+    Attributes:
+        name: Task key, e.g. ``"toy_object"``.
+        concept: Key of the concept to erase, e.g. ``"circle"``.
+        concept_text: The words a method erases, e.g. ``"circle"`` or ``"Van Gogh"``.
+        kind: ``"object"``, ``"style"``, ``"nudity"``, ... (methods pick presets by it).
+        concepts: Every concept of the task, key -> text; the others are the preserved ones.
+        splits: Split name -> the images to generate for it.
+        evaluators: Evaluator name -> its settings, run in this order.
+        anchor: An optional anchor/surrogate concept text some methods use ("painting", "a person").
+    """
+
+    name: str
+    concept: str
+    concept_text: str
+    kind: str
+    concepts: Mapping[str, str]
+    splits: Mapping[str, tuple[PromptItem, ...]]
+    evaluators: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    anchor: str = ""
+
+
+class Score(NamedTuple):
+    """A metric value with the number of samples behind it (for when it differs from the split size)."""
+
+    value: float
+    n: int
+
+
+@dataclass
+class RunContext:
+    """What the harness gives a plugin for one run.
+
+    Attributes:
+        seed: The run seed (method training randomness). Evaluation images use the task's fixed seeds.
+        device: Torch device the pipeline lives on.
+        dtype: Dtype of the pipeline's frozen weights.
+        run_dir: This run's output directory.
+        generate: ``generate(pipe, items) -> images``: seeded, batched and cached on disk, so the same
+            (weights, sampler, prompt, seed) is generated once and shared by every run that needs it.
+        original_images: ``original_images(items) -> images`` of the unmodified model (from the cache, or
+            from a reloaded copy of the model; methods edit theirs in place).
+        limit: Cap on images per split for smoke runs, or ``None``.
+    """
+
+    seed: int
+    device: torch.device
+    dtype: torch.dtype
+    run_dir: Path
+    generate: Callable[[DiffusionPipeline, Sequence[PromptItem]], list[Image]]
+    original_images: Callable[[Sequence[PromptItem]], list[Image]]
+    limit: int | None = None
+
+
+class Plugin:
+    """Common base: a registry name and a validated config."""
+
+    #: Registry key, set by ``@register_method`` / ``@register_evaluator``.
+    name: ClassVar[str] = ""
+    #: Settings dataclass; its defaults are the paper's.
+    Config: ClassVar[type] = NoConfig
+
+    def __init__(self, config: Any = None) -> None:
+        """Create the plugin.
+
+        Args:
+            config: An instance of ``type(self).Config``; defaults to the paper settings.
+        """
+        self.config = config if config is not None else self.Config()
+
+    def settings(self) -> dict[str, Any]:
+        """The settings recorded beside every number this plugin produces."""
+        return dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {}
+
+
+class Method(Plugin, ABC):
+    """A concept-erasure method."""
+
+    @abstractmethod
+    def erase(self, pipe: DiffusionPipeline, task: Task, run: RunContext) -> DiffusionPipeline:
+        """Return a pipeline that no longer renders ``task.concept_text``.
+
+        Methods may edit ``pipe`` in place. The harness saves the tensors that changed.
+
+        Args:
+            pipe: The pipeline to edit, on ``run.device``.
+            task: The task, with the concept and the prompt splits.
+            run: Seed, device, cached generation and the run directory.
+        """
+
+
+class Evaluator(Plugin, ABC):
+    """A metric over a task's splits."""
+
+    #: Metric name -> whether higher is better. Declares every metric the evaluator returns.
+    higher_is_better: ClassVar[Mapping[str, bool]] = {}
+    #: Whether it compares with the original model's images; the harness then renders those before erasure.
+    needs_original: ClassVar[bool] = False
+
+    @abstractmethod
+    def evaluate(self, pipe: DiffusionPipeline, task: Task, run: RunContext) -> dict[str, dict[str, float | Score]]:
+        """Measure ``pipe`` on the task.
+
+        Args:
+            pipe: The (possibly erased) pipeline.
+            task: The task; ``task.splits`` holds the images to generate (already capped by ``limit``).
+            run: Seed, device, cached generation.
+
+        Returns:
+            Split name -> {metric name -> value}. Metric names must be keys of ``higher_is_better``.
+        """

@@ -1,0 +1,124 @@
+"""Turn composed YAML into typed objects: plugin configs and tasks.
+
+Plugins never import Hydra: their settings arrive here as plain mappings and leave as the plugin's own
+``Config`` dataclass, checked key by key and type by type.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from erasebench.api import SPLITS, Plugin, PromptItem, Task
+from erasebench.errors import ConfigError, MissingFileError, UnknownNameError, unknown_name_message
+
+
+def build_config(plugin: type[Plugin], kwargs: Mapping[str, Any], kind: str = "plugin") -> Any:
+    """Validate ``kwargs`` against ``plugin.Config`` and return an instance of it.
+
+    Args:
+        plugin: A registered method or evaluator class.
+        kwargs: Settings from YAML or the command line (without ``name``).
+        kind: ``"method"`` or ``"evaluator"``, for messages.
+
+    Raises:
+        UnknownNameError: A key is not a field of the config (the message names it and the valid keys).
+        ConfigError: A value has the wrong type.
+    """
+    fields = {f.name for f in dataclasses.fields(plugin.Config)}
+    for key in kwargs:
+        if key not in fields:
+            msg = unknown_name_message(f"setting of {kind} '{plugin.name}'", str(key), fields)
+            raise UnknownNameError(msg)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(plugin.Config), dict(kwargs))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or "?"
+        raise ConfigError(f"Bad value for setting '{key}' of '{plugin.name}': {exc.msg}") from None
+
+
+def resolve_data_path(path: str) -> Path:
+    """Find a data file: as given, else inside the installed package's ``erasebench/data``.
+
+    Raises:
+        MissingFileError: The file exists in neither place.
+    """
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    packaged = resources.files("erasebench") / "data" / path
+    if packaged.is_file():
+        return Path(str(packaged))
+    raise MissingFileError(
+        f"Prompt file '{path}' not found (looked at '{p.resolve()}' and in erasebench/data/). "
+        "Fix the task's 'prompt_file' setting or put the file there."
+    )
+
+
+def _read_prompt_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "prompt" not in rows[0]:
+        raise ConfigError(f"Prompt file '{path}' has no 'prompt' column (columns: {', '.join(rows[0])}).")
+    return rows
+
+
+def _split_items(spec: Mapping[str, Any], concepts: Mapping[str, str], erased: str, split: str) -> list[PromptItem]:
+    """Expand one split spec: templates x concepts x seeds, plus literal prompts and CSV rows."""
+    n = int(spec.get("images_per_prompt", 1))
+    seed0 = int(spec.get("seed", 0))
+    # erase: the erased concept only; preserve: every other concept of the task.
+    keys = [erased] if split == "erase" else [k for k in concepts if k != erased]
+    items: list[PromptItem] = []
+    for key in keys:
+        for template in spec.get("templates", []) or []:
+            items += [PromptItem(template.format(concept=concepts[key]), seed0 + i, key) for i in range(n)]
+    for prompt in spec.get("prompts", []) or []:
+        items += [PromptItem(str(prompt), seed0 + i, "") for i in range(n)]
+    if spec.get("prompt_file"):
+        for row in _read_prompt_csv(resolve_data_path(str(spec["prompt_file"]))):
+            seed = int(row.get("evaluation_seed") or seed0)
+            items += [PromptItem(row["prompt"], seed + i, row.get("label", "")) for i in range(n)]
+    return items
+
+
+def build_task(cfg: Mapping[str, Any], concept: str, limit: int | None = None) -> Task:
+    """Build a :class:`Task` from a ``conf/task/*.yaml`` node.
+
+    Args:
+        cfg: The task node (``name``, ``kind``, ``concepts``, ``splits``, ``evaluators``, ...).
+        concept: Key of the concept to erase; must be one of ``cfg.concepts``.
+        limit: Keep at most this many images per split (the first ones), for smoke runs.
+
+    Raises:
+        UnknownNameError: ``concept`` is not a concept of the task.
+        ConfigError: A split is missing or empty.
+    """
+    concepts = {str(k): str(v) for k, v in dict(cfg["concepts"]).items()}
+    if concept not in concepts:
+        raise UnknownNameError(unknown_name_message(f"concept of task '{cfg['name']}'", concept, concepts))
+    splits = {}
+    for split in SPLITS:
+        spec = dict(cfg.get("splits", {}).get(split) or {})
+        items = _split_items(spec, concepts, concept, split)
+        if not items:
+            raise ConfigError(f"Task '{cfg['name']}' has no prompts in split '{split}'.")
+        splits[split] = tuple(items[:limit] if limit else items)
+    return Task(
+        name=str(cfg["name"]),
+        concept=concept,
+        concept_text=concepts[concept],
+        kind=str(cfg.get("kind", "")),
+        concepts=concepts,
+        splits=splits,
+        evaluators={str(k): dict(v or {}) for k, v in dict(cfg.get("evaluators") or {}).items()},
+        anchor=str(cfg.get("anchor") or ""),
+    )

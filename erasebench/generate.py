@@ -1,0 +1,150 @@
+"""Seeded, batched image generation with a content-addressed cache.
+
+Each image's initial latent comes from its own CPU generator seeded with the item's seed, so an image does
+not depend on batch size, batch order or device. Images are stored under a key made of the pipeline's
+weight fingerprint and the sampler settings: the original model's images are generated once and reused by
+every method, seed and evaluator that asks for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from erasebench.api import PromptItem
+
+COMPONENTS = ("unet", "text_encoder", "vae")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Sampling settings; every one of them changes the images, so all are part of the cache key."""
+
+    scheduler: str = "ddim"
+    steps: int = 50
+    guidance_scale: float = 7.5
+    height: int = 512
+    width: int = 512
+    eta: float = 0.0
+    negative_prompt: str = ""
+
+    def key(self) -> str:
+        """A short stable hash of the settings."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """Hash of a tensor's dtype, shape and bytes."""
+    data = t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+    h = hashlib.blake2b(data, digest_size=16)
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    return h.hexdigest()
+
+
+def _version_stamp(pipe: Any) -> tuple:
+    # In-place edits bump a tensor's _version and assignments change its storage pointer, so this cheap
+    # stamp tells us whether the expensive byte hash must be recomputed.
+    return tuple((p.data_ptr(), p._version) for c in COMPONENTS for p in getattr(pipe, c).state_dict().values())
+
+
+def weight_digests(pipe: Any) -> dict[str, str]:
+    """``component.tensor_name`` -> digest for every weight of the UNet, text encoder and VAE."""
+    return {f"{c}.{k}": tensor_digest(v) for c in COMPONENTS for k, v in getattr(pipe, c).state_dict().items()}
+
+
+def fingerprint(pipe: Any) -> str:
+    """A hash of every weight of the pipeline, memoised on the pipeline until a weight changes."""
+    stamp = _version_stamp(pipe)
+    memo = getattr(pipe, "_erasebench_fingerprint", None)
+    if memo is not None and memo[0] == stamp:
+        return memo[1]
+    digests = weight_digests(pipe)
+    fp = hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest()[:24]
+    pipe._erasebench_fingerprint = (stamp, fp)
+    return fp
+
+
+def _atomic_save(img: Image.Image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+class ImageCache:
+    """Generate images through a directory cache.
+
+    Args:
+        root: Cache directory; one sub-directory per (weights, sampler) key.
+        sampler: The sampling settings.
+        batch_size: Images per pipeline call.
+        progress: Show a progress bar.
+
+    Attributes:
+        generated: Number of images actually generated (not read from the cache), for tests and logs.
+    """
+
+    def __init__(self, root: Path, sampler: Sampler, batch_size: int = 8, progress: bool = True) -> None:
+        self.root, self.sampler, self.batch_size, self.progress = Path(root), sampler, batch_size, progress
+        self.generated = 0
+
+    def directory(self, pipe: Any) -> Path:
+        """The cache directory for this pipeline's current weights and the sampler."""
+        return self.root / f"{fingerprint(pipe)}-{self.sampler.key()}"
+
+    @staticmethod
+    def filename(item: PromptItem) -> str:
+        """File name of an item's image: a hash of the prompt, then the seed."""
+        return f"{hashlib.sha256(item.prompt.encode()).hexdigest()[:16]}_{item.seed}.png"
+
+    def paths(self, pipe: Any, items: Sequence[PromptItem]) -> list[Path]:
+        """Paths of the images of ``items``, generating the missing ones."""
+        d = self.directory(pipe)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = d / "sampler.json"
+        if not meta.exists():
+            meta.write_text(json.dumps({"fingerprint": fingerprint(pipe), **asdict(self.sampler)}, indent=1))
+        paths = [d / self.filename(it) for it in items]
+        todo = list({p: it for p, it in zip(paths, items) if not p.exists()}.items())
+        bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not self.progress or not todo)
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i : i + self.batch_size]
+            for (path, _), img in zip(chunk, self._generate(pipe, [it for _, it in chunk])):
+                _atomic_save(img, path)
+            self.generated += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+        return paths
+
+    def __call__(self, pipe: Any, items: Sequence[PromptItem]) -> list[Image.Image]:
+        """The images of ``items`` as RGB PIL images (cached or generated)."""
+        return [Image.open(p).convert("RGB") for p in self.paths(pipe, items)]
+
+    @torch.no_grad()
+    def _generate(self, pipe: Any, items: Sequence[PromptItem]) -> list[Image.Image]:
+        s = self.sampler
+        scale = pipe.vae_scale_factor
+        shape = (pipe.unet.config.in_channels, s.height // scale, s.width // scale)
+        # One CPU generator per image: the starting noise is identical whatever the batch or device.
+        latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(it.seed)) for it in items])
+        unet_param = next(pipe.unet.parameters())
+        out = pipe(
+            prompt=[it.prompt for it in items],
+            negative_prompt=[s.negative_prompt] * len(items) if s.negative_prompt else None,
+            latents=latents.to(device=unet_param.device, dtype=unet_param.dtype),
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance_scale,
+            eta=s.eta,
+            height=s.height,
+            width=s.width,
+            output_type="pil",
+        )
+        return out.images

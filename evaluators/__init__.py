@@ -1,0 +1,1 @@
+"""Built-in evaluators, one module each (imported as ``erasebench.evaluators``)."""
