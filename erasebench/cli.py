@@ -7,20 +7,18 @@ print one paragraph and exit with status 2.
 
 from __future__ import annotations
 
-import logging
 import sys
-from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from erasebench.errors import ErasebenchError
+from erasebench.configs import conf_packages, yaml_names
+from erasebench.errors import ErasebenchError, unknown_name_message
 
-#: Entry-point group through which a third-party package adds its own YAML (a package holding conf groups).
-CONF_GROUP = "erasebench.conf"
-log = logging.getLogger("erasebench")
+#: Config groups whose options are checked before Hydra starts, for a short message with the closest name.
+GROUPS = ("model", "method", "task", "experiment", "paths")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://erasebench.conf", config_name="config")
@@ -39,25 +37,30 @@ def _app(cfg: DictConfig) -> None:
         raise SystemExit(2) from None
 
 
-def _yaml_names(package: str, group: str) -> set[str]:
-    try:
-        folder = resources.files(package) / group
-        return {p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")}
-    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
-        return set()
+def _check_group_options(argv: list[str], options: dict[str, set[str]]) -> None:
+    """Fail early, in one line, on ``group=option`` overrides that name no config file."""
+    for arg in argv:
+        group, _, value = arg.partition("=")
+        if group not in options or "(" in value or not value:  # glob(...), range(...): Hydra expands them
+            continue
+        for option in value.split(","):
+            if option not in options[group] and option != "null":
+                print(f"erasebench: error: {unknown_name_message(group, option, options[group])}", file=sys.stderr)
+                raise SystemExit(2)
 
 
 def _add_third_party_conf(argv: list[str]) -> list[str]:
     """Put third-party conf packages on Hydra's search path and give YAML-less plugins a default node."""
     from hydra.core.config_store import ConfigStore
 
-    packages = [ep.value for ep in entry_points(group=CONF_GROUP)]
+    packages = conf_packages()[1:]
+    options = {g: yaml_names(g) for g in GROUPS}
     store = ConfigStore.instance()
-    for group, ep_group in (("method", "erasebench.methods"), ("evaluator", "erasebench.evaluators")):
-        have = set().union(*(_yaml_names(p, group) for p in ["erasebench.conf", *packages]))
-        for ep in entry_points(group=ep_group):
-            if ep.name not in have:  # `method=foo` then means foo with its paper defaults
-                store.store(group=group, name=ep.name, node={"name": ep.name})
+    for ep in entry_points(group="erasebench.methods"):
+        if ep.name not in options["method"]:  # `method=foo` then means foo with its paper defaults
+            store.store(group="method", name=ep.name, node={"name": ep.name})
+            options["method"].add(ep.name)
+    _check_group_options(argv, options)
     if not packages:
         return argv
     extra = ",".join(f"pkg://{p}" for p in packages)

@@ -10,6 +10,7 @@ import csv
 import dataclasses
 from collections.abc import Mapping
 from importlib import resources
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,48 @@ def build_config(plugin: type[Plugin], kwargs: Mapping[str, Any], kind: str = "p
     fields = {f.name for f in dataclasses.fields(plugin.Config)}
     for key in kwargs:
         if key not in fields:
-            msg = unknown_name_message(f"setting of {kind} '{plugin.name}'", str(key), fields)
+            msg = unknown_name_message("setting", str(key), fields, f" of {kind} '{plugin.name}'")
             raise UnknownNameError(msg)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(plugin.Config), dict(kwargs))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or "?"
-        raise ConfigError(f"Bad value for setting '{key}' of '{plugin.name}': {exc.msg}") from None
+        raise ConfigError(f"Bad value for setting '{key}' of {kind} '{plugin.name}': {exc.msg.splitlines()[0]}") from None
+
+
+#: Entry-point group through which a third-party package adds its own YAML (a package holding conf groups).
+CONF_GROUP = "erasebench.conf"
+
+
+def conf_packages() -> list[str]:
+    """Packages holding config groups: erasebench's own ``conf/``, then third-party ones."""
+    return ["erasebench.conf", *(ep.value for ep in entry_points(group=CONF_GROUP))]
+
+
+def yaml_names(group: str) -> set[str]:
+    """Names of the YAML files of a config group, across :func:`conf_packages`."""
+    names: set[str] = set()
+    for package in conf_packages():
+        try:
+            folder = resources.files(package) / group
+            names |= {p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")}
+        except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+            continue
+    return names
+
+
+def evaluator_defaults(name: str) -> dict[str, Any]:
+    """Settings from ``conf/evaluator/<name>.yaml`` (without ``name``); a task's settings go on top."""
+    for package in conf_packages():
+        try:
+            path = resources.files(package) / "evaluator" / f"{name}.yaml"
+        except ModuleNotFoundError:
+            continue
+        if path.is_file():
+            node = OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True) or {}
+            return {k: v for k, v in dict(node).items() if k != "name"}  # type: ignore[union-attr]
+    return {}
 
 
 def resolve_data_path(path: str) -> Path:
@@ -104,7 +139,7 @@ def build_task(cfg: Mapping[str, Any], concept: str, limit: int | None = None) -
     """
     concepts = {str(k): str(v) for k, v in dict(cfg["concepts"]).items()}
     if concept not in concepts:
-        raise UnknownNameError(unknown_name_message(f"concept of task '{cfg['name']}'", concept, concepts))
+        raise UnknownNameError(unknown_name_message("concept", concept, concepts, f" of task '{cfg['name']}'"))
     splits = {}
     for split in SPLITS:
         spec = dict(cfg.get("splits", {}).get(split) or {})

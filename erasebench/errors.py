@@ -37,13 +37,14 @@ class PluginLoadError(ErasebenchError, ImportError):
     """A selected third-party plugin failed to import."""
 
 
-def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
+def unknown_name_message(kind: str, name: str, valid: Iterable[str], where: str = "") -> str:
     """Build the message for an unknown name: the valid names and the closest match.
 
     Args:
-        kind: What was looked up, e.g. ``"method"``.
+        kind: What was looked up, e.g. ``"method"`` or ``"setting"``.
         name: The name the user gave.
         valid: Every valid name.
+        where: Whose names these are, e.g. ``" of method 'esd'"``.
 
     Returns:
         A one-paragraph message.
@@ -51,4 +52,4 @@ def unknown_name_message(kind: str, name: str, valid: Iterable[str]) -> str:
     valid = sorted(valid)
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"Unknown {kind} '{name}'.{hint} Valid {kind}s: {', '.join(valid) or '(none)'}."
+    return f"Unknown {kind} '{name}'{where}.{hint} Valid {kind}s{where}: {', '.join(valid) or '(none)'}."

@@ -44,9 +44,10 @@ class Registry(Generic[T]):
             TypeError: The class does not subclass the registry's base.
         """
 
+        if not name.isidentifier() or name != name.lower():
+            raise ValueError(f"{self.kind} name {name!r} must be a lowercase identifier")
+
         def decorate(cls: type[T]) -> type[T]:
-            if not name.isidentifier() or name != name.lower():
-                raise ValueError(f"{self.kind} name {name!r} must be a lowercase identifier")
             if not (isinstance(cls, type) and issubclass(cls, self.base)):
                 raise TypeError(f"{self.kind} {name!r}: {cls!r} must subclass {self.base.__name__}")
             if name in self._classes and self._classes[name] is not cls:

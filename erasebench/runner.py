@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from erasebench.api import Evaluator, PromptItem, RunContext, Score
-from erasebench.configs import build_config, build_task
+from erasebench.configs import build_config, build_task, evaluator_defaults
 from erasebench.errors import ConfigError
 from erasebench.generate import ImageCache, Sampler, fingerprint, weight_digests
 from erasebench.models import load_pipeline, resolve_device, resolve_dtype
@@ -73,7 +73,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
     evaluators: list[Evaluator] = []
     for name, kwargs in task.evaluators.items():
         cls = EVALUATORS.get(name)
-        evaluators.append(cls(build_config(cls, kwargs, "evaluator")))
+        evaluators.append(cls(build_config(cls, {**evaluator_defaults(name), **kwargs}, "evaluator")))
     device = resolve_device(str(cfg["device"]))
     dtype = resolve_dtype(str(cfg["model"].get("dtype", "auto")), device)
     sampler_node = dict(cfg["model"]["sampler"])

@@ -1,0 +1,142 @@
+"""``erasebench-report <runs dir>``: collect every run's ``metrics.csv`` into tables.
+
+Writes into ``<runs dir>/report/`` (or ``--out``):
+    ``results.csv``: every row of every run (the tidy long table);
+    ``summary.csv``: mean, std and seed count per (model, task, concept, method, evaluator, split, metric);
+    ``table.md`` / ``table.tex``: methods as rows, ``evaluator/split/metric`` as columns, mean ± std over
+    seeds, the best value of each column in bold (by ``higher_is_better``); LaTeX via pandas'
+    ``Styler.to_latex`` with booktabs rules.
+Rows that share a key but differ in a setting that changes the number (sampler, evaluator settings,
+image limit, ...) are refused rather than averaged together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from erasebench.errors import ErasebenchError
+from erasebench.results import KEY, SETTINGS, atomic_write_text
+
+GROUP = ["model", "task", "concept", "method", "evaluator", "split", "metric"]
+BLOCK = ["model", "task", "concept"]  # methods are compared within a block
+
+
+def collect(runs_dir: Path) -> pd.DataFrame:
+    """Read every ``metrics.csv`` under ``runs_dir`` into one frame, the latest row per key.
+
+    Raises:
+        ErasebenchError: No results, or rows that would be merged across different settings.
+    """
+    files = sorted(p for p in Path(runs_dir).rglob("metrics.csv") if "report" not in p.parts)
+    if not files:
+        raise ErasebenchError(f"No metrics.csv under '{runs_dir}'. Run `erasebench` first (see README).")
+    df = pd.concat([pd.read_csv(f, keep_default_na=False, na_values=[""]) for f in files], ignore_index=True)
+    df = df.sort_values("finished_at").drop_duplicates(KEY, keep="last").reset_index(drop=True)
+    # Method settings differ between methods by design; every other setting must agree within a column.
+    for key, group in df.groupby(["model", "task", "concept", "evaluator", "metric"]):
+        for col in (c for c in SETTINGS if c != "method_settings"):
+            values = group[col].map(str).unique()
+            if len(values) > 1:
+                raise ErasebenchError(
+                    f"Results for {dict(zip(['model', 'task', 'concept', 'evaluator', 'metric'], key))} differ in "
+                    f"'{col}' ({' vs '.join(values[:3])}); report them from separate directories."
+                )
+    return df
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation (ddof=1; 0 for one seed) and seed count per method and metric."""
+    out = df.groupby(GROUP, sort=False).agg(mean=("value", "mean"), std=("value", "std"), seeds=("seed", "nunique"),
+                                            higher_is_better=("higher_is_better", "first"))
+    return out.fillna({"std": 0.0}).reset_index()
+
+
+def _ordered_methods(methods: pd.Series) -> list[str]:
+    names = list(dict.fromkeys(methods))
+    return sorted(names, key=lambda m: (m != "none", names.index(m)))  # the baseline first
+
+
+def pivot(summary: pd.DataFrame, decimals: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Wide tables of cell text ("mean ± std") and of booleans marking the best cell of each column."""
+    arrow = summary["higher_is_better"].astype(str).str.lower().map({"true": " ↑", "false": " ↓"}).fillna("")
+    s = summary.assign(column=summary["evaluator"] + "/" + summary["split"] + "/" + summary["metric"] + arrow)
+    s["text"] = s["mean"].map(f"{{:.{decimals}f}}".format) + " ± " + s["std"].map(f"{{:.{decimals}f}}".format)
+    index = [*BLOCK, "method"]
+    text = s.pivot(index=index, columns="column", values="text")
+    means = s.pivot(index=index, columns="column", values="mean")
+    hib = s.drop_duplicates("column").set_index("column")["higher_is_better"].astype(str).str.lower() == "true"
+    order = [(*b, m) for b in dict.fromkeys(map(tuple, s[BLOCK].values)) for m in _ordered_methods(s["method"])
+             if (*b, m) in text.index]
+    text, means = text.loc[order], means.loc[order]
+    best = pd.DataFrame(False, index=means.index, columns=means.columns)
+    for _, block in means.groupby(level=BLOCK, sort=False):
+        for col in means.columns:
+            values = block[col].dropna()
+            if len(values) > 1:
+                target = values.max() if hib[col] else values.min()
+                best.loc[values.index[values == target], col] = True
+    seeds = s.groupby(index)["seeds"].max().loc[order]
+    text.insert(0, "seeds", seeds.astype(str))
+    best.insert(0, "seeds", False)
+    text.columns.name = best.columns.name = None
+    return text, best
+
+
+def to_markdown(text: pd.DataFrame, best: pd.DataFrame) -> str:
+    """A GitHub Markdown table, best cells in bold."""
+    cells = text.where(~best, "**" + text + "**").reset_index()
+    header = "| " + " | ".join(map(str, cells.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in cells.columns) + "|"
+    rows = ["| " + " | ".join(map(str, r)) + " |" for r in cells.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def to_latex(text: pd.DataFrame, best: pd.DataFrame) -> str:
+    """A booktabs LaTeX table (pandas ``Styler.to_latex``), best cells in bold."""
+    def escape(s: str) -> str:
+        return s.replace("_", r"\_").replace("±", r"$\pm$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
+
+    styled = text.rename(columns=escape).style.format(escape).format_index(escape, axis=0)
+    styled = styled.apply(lambda _: best.rename(columns=escape).map(lambda b: "textbf:--rwrap;" if b else ""),
+                          axis=None)
+    return styled.to_latex(hrules=True, multirow_align="t")
+
+
+def report(runs_dir: Path, out: Path | None = None, decimals: int = 3) -> dict[str, Path]:
+    """Collect, summarise and write every table; return the written paths by kind."""
+    out = Path(out) if out else Path(runs_dir) / "report"
+    df = collect(Path(runs_dir))
+    summary = summarize(df)
+    text, best = pivot(summary, decimals)
+    paths = {"results": out / "results.csv", "summary": out / "summary.csv", "markdown": out / "table.md",
+             "latex": out / "table.tex"}
+    atomic_write_text(paths["results"], df.to_csv(index=False))
+    atomic_write_text(paths["summary"], summary.to_csv(index=False))
+    atomic_write_text(paths["markdown"], to_markdown(text, best))
+    atomic_write_text(paths["latex"], to_latex(text, best))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(prog="erasebench-report", description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", type=Path, help="a results directory, e.g. results/runs/adhoc")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: <runs_dir>/report)")
+    parser.add_argument("--decimals", type=int, default=3)
+    args = parser.parse_args(argv)
+    try:
+        paths = report(args.runs_dir, args.out, args.decimals)
+    except ErasebenchError as exc:
+        print(f"erasebench-report: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(paths["markdown"].read_text())
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny pipeline built from config, Hydra composition, and a CLI runner."""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from erasebench.models import build_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def _tiny_master() -> Any:
+    pipe = build_tiny()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def tiny_pipe(_tiny_master: Any) -> Any:
+    """A fresh copy of the tiny random SD pipeline (methods may edit it in place)."""
+    return copy.deepcopy(_tiny_master)
+
+
+def compose_cfg(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The composed erasebench config as a plain dict (without the ``hydra`` node)."""
+    with initialize_config_module(config_module="erasebench.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def run_cli(args: Sequence[str], tmp: Path, env: dict[str, str] | None = None,
+            module: str = "erasebench.cli", timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``erasebench`` (or another module) in a subprocess with results and cache under ``tmp``."""
+    full_env = {**os.environ, **(env or {})}
+    extra = [f"paths.results_dir={tmp / 'runs'}", f"paths.cache_dir={tmp / 'cache'}"] if module.endswith("cli") else []
+    return subprocess.run([sys.executable, "-m", module, *args, *extra], cwd=tmp, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

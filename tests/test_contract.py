@@ -1,0 +1,77 @@
+"""Contract tests, parametrized over the registries: every plugin gets them for free."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import compose_cfg
+
+from erasebench.api import SPLITS, Evaluator, Method, RunContext, Score
+from erasebench.configs import build_config, build_task, evaluator_defaults
+from erasebench.generate import ImageCache, Sampler, weight_digests
+from erasebench.registry import EVALUATORS, METHODS
+
+TINY_SAMPLER = Sampler(steps=2, height=32, width=32)
+
+
+def _ctx(tmp_path: Path, pipe: Any, seed: int = 0) -> RunContext:
+    import torch
+
+    cache = ImageCache(tmp_path / "cache", TINY_SAMPLER, progress=False)
+    return RunContext(seed=seed, device=torch.device("cpu"), dtype=torch.float32, run_dir=tmp_path,
+                      generate=cache, original_images=lambda items: cache(pipe, items), limit=2)
+
+
+def _task(concept: str = "cat") -> Any:
+    return build_task(compose_cfg(["task=smoke"])["task"], concept, limit=2)
+
+
+def _method(name: str) -> Method:
+    cls = METHODS.get(name)
+    node = compose_cfg([f"method={name}"])["method"]
+    return cls(build_config(cls, {k: v for k, v in node.items() if k != "name"}, "method"))
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_contract(name: str, tiny_pipe: Any, tmp_path: Path) -> None:
+    import torch
+
+    method = _method(name)
+    assert isinstance(method, Method) and method.name == name
+    before = weight_digests(tiny_pipe)
+    torch.manual_seed(0)
+    out = method.erase(tiny_pipe, _task(), _ctx(tmp_path, tiny_pipe))
+    assert out is not None and hasattr(out, "unet")
+    changed = {k for k, v in weight_digests(out).items() if before[k] != v}
+    assert (not changed) if name == "none" else bool(changed)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_is_deterministic_for_a_seed(name: str, _tiny_master: Any, tmp_path: Path) -> None:
+    import copy
+
+    import torch
+
+    digests = []
+    for i in range(2):
+        pipe = copy.deepcopy(_tiny_master)
+        torch.manual_seed(0)
+        digests.append(weight_digests(_method(name).erase(pipe, _task(), _ctx(tmp_path / str(i), pipe))))
+    assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("name", EVALUATORS.names())
+def test_evaluator_contract(name: str, tiny_pipe: Any, tmp_path: Path) -> None:
+    cls = EVALUATORS.get(name)
+    assert issubclass(cls, Evaluator) and cls.higher_is_better
+    assert all(isinstance(v, bool) for v in cls.higher_is_better.values())
+    ev = cls(build_config(cls, evaluator_defaults(name), "evaluator"))
+    result = ev.evaluate(tiny_pipe, _task(), _ctx(tmp_path, tiny_pipe))
+    assert set(result) <= set(SPLITS) and result
+    for metrics in result.values():
+        assert set(metrics) <= set(cls.higher_is_better)
+        for value in metrics.values():
+            assert math.isfinite(value.value if isinstance(value, Score) else float(value))

@@ -1,0 +1,41 @@
+"""Erased tensors round-trip, metric rows carry provenance, and files are written atomically."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from erasebench.generate import weight_digests
+from erasebench.results import COLUMNS, config_hash, finished_hash, load_erased, save_erased, write_metrics
+
+
+def test_only_changed_tensors_are_saved_and_reload_reproduces(_tiny_master: Any, tmp_path: Path) -> None:
+    pipe = copy.deepcopy(_tiny_master)
+    before = weight_digests(pipe)
+    with torch.no_grad():
+        for name, module in pipe.unet.named_modules():
+            if name.endswith("attn2"):
+                module.to_k.weight.add_(0.01)
+    changed = save_erased(pipe, before, tmp_path, {"method_hash": "abc"})
+    assert changed and all(".attn2.to_k.weight" in k for k in changed)
+    fresh = copy.deepcopy(_tiny_master)
+    assert not load_erased(fresh, tmp_path, "other-hash")  # made by other settings: not reused
+    assert load_erased(fresh, tmp_path, "abc")
+    assert weight_digests(fresh) == weight_digests(pipe)
+
+
+def test_config_hash_ignores_paths_but_not_settings() -> None:
+    base = {"seed": 0, "method": {"name": "esd", "lr": 1e-5}, "paths": {"results_dir": "a"}}
+    assert config_hash(base) == config_hash({**base, "paths": {"results_dir": "b"}})
+    assert config_hash(base) != config_hash({**base, "method": {"name": "esd", "lr": 2e-5}})
+
+
+def test_metrics_file_has_schema_and_hash(tmp_path: Path) -> None:
+    write_metrics([{"metric": "acc", "value": 0.5, "config_hash": "h1"}], tmp_path / "metrics.csv")
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == COLUMNS
+    assert finished_hash(tmp_path) == "h1"
+    assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed away
