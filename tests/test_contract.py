@@ -68,7 +68,7 @@ def test_evaluator_contract(name: str, tiny_pipe: Any, tmp_path: Path) -> None:
     cls = EVALUATORS.get(name)
     assert issubclass(cls, Evaluator) and cls.higher_is_better
     assert all(isinstance(v, bool) for v in cls.higher_is_better.values())
-    ev = cls(build_config(cls, evaluator_defaults(name), "evaluator"))
+    ev = cls(build_config(cls, {**evaluator_defaults(name), **cls.smoke_settings}, "evaluator"))
     result = ev.evaluate(tiny_pipe, _task(), _ctx(tmp_path, tiny_pipe))
     assert set(result) <= set(SPLITS) and result
     for metrics in result.values():
