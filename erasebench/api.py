@@ -101,6 +101,9 @@ class Plugin:
     name: ClassVar[str] = ""
     #: Settings dataclass; its defaults are the paper's.
     Config: ClassVar[type] = NoConfig
+    #: Settings under which it runs offline and in seconds on the tiny test model (few steps; a backbone with
+    #: random weights, named as such); the contract tests use them on top of the YAML defaults.
+    smoke_settings: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, config: Any = None) -> None:
         """Create the plugin.
@@ -138,9 +141,6 @@ class Evaluator(Plugin, ABC):
     higher_is_better: ClassVar[Mapping[str, bool]] = {}
     #: Whether it compares with the original model's images; the harness then renders those before erasure.
     needs_original: ClassVar[bool] = False
-    #: Settings under which it runs offline on the tiny test model (e.g. a backbone with random weights,
-    #: named as such); the contract tests use them on top of the YAML defaults.
-    smoke_settings: ClassVar[Mapping[str, Any]] = {}
 
     @abstractmethod
     def evaluate(self, pipe: DiffusionPipeline, task: Task, run: RunContext) -> dict[str, dict[str, float | Score]]:

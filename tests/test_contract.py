@@ -32,7 +32,8 @@ def _task(concept: str = "cat") -> Any:
 def _method(name: str) -> Method:
     cls = METHODS.get(name)
     node = compose_cfg([f"method={name}"])["method"]
-    return cls(build_config(cls, {k: v for k, v in node.items() if k != "name"}, "method"))
+    kwargs = {**{k: v for k, v in node.items() if k != "name"}, **cls.smoke_settings}
+    return cls(build_config(cls, kwargs, "method"))
 
 
 @pytest.mark.parametrize("name", METHODS.names())
