@@ -81,7 +81,7 @@ def _assemble(unet_kw: dict, vae_kw: dict, text_kw: dict, tokenizer: Any, device
     from transformers import CLIPTextConfig, CLIPTextModel
 
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id, vocab_size=len(tokenizer))
+               pad_token_id=tokenizer.pad_token_id, vocab_size=max(len(tokenizer), text_kw.pop("vocab_size", 0)))
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(0)  # fixed weights -> fixed fingerprint -> the image cache is reused across runs
         unet = UNet2DConditionModel(**unet_kw)
@@ -116,10 +116,8 @@ def build_sd14_random(device: torch.device = torch.device("cpu")) -> Any:
     vae = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
     text = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
-    pipe = _assemble(unet, vae, text, build_char_tokenizer(77), device)
-    pipe.text_encoder.resize_token_embeddings(49408)
-    return pipe
+                max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", vocab_size=49408)
+    return _assemble(unet, vae, text, build_char_tokenizer(77), device)
 
 
 def _load_pretrained(cfg: Mapping[str, Any], dtype: torch.dtype) -> Any:

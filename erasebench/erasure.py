@@ -1,0 +1,207 @@
+"""Pieces several erasure methods share, written once.
+
+- :func:`select_parameters`: the trained tensors, by name pattern (ESD-x, ESD-u, ...).
+- :class:`Shadow`: the original model's prediction (or an EMA teacher's) without a second UNet in memory:
+  other values of the trained tensors are swapped in for a forward pass and swapped out again.
+- :func:`encode`: prompt embeddings as SD computes them (77 tokens, ``last_hidden_state``).
+- :func:`partial_ddim_sample` and :func:`esd_timesteps`: x_t made by running the first steps of a
+  classifier-free-guided DDIM chain, and the DDPM timestep the model is queried at (CompVis-faithful or
+  consistent).
+- :class:`Trainer`: fp32 master weights for the trained tensors, autocast on GPU, a progress bar with the
+  loss, and a clear stop on a NaN or exploding loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from erasebench.errors import ErasebenchError
+
+#: Trained-parameter groups by name, in diffusers' UNet naming (see method-specs §0.1 and ESD §1.3).
+PARAMETER_GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # name: (include patterns, exclude patterns); a parameter is trained if it matches any include and no exclude
+    "xattn": ((r"attn2\.",), ()),
+    "xattn_kv": ((r"attn2\.to_[kv]\.",), ()),
+    "noxattn": ((r".",), (r"attn2\.", r"^time_embedding\.", r"^conv_norm_out\.", r"^conv_out\.")),
+    "selfattn": ((r"attn1\.",), ()),
+    "attn": ((r"attn[12]\.to_(q|k|v|out)",), ()),
+    "full": ((r".",), ()),
+}
+
+
+def select_parameters(module: torch.nn.Module, group: str) -> dict[str, torch.nn.Parameter]:
+    """The parameters of ``module`` in a named group of :data:`PARAMETER_GROUPS`."""
+    if group not in PARAMETER_GROUPS:
+        raise ErasebenchError(f"Unknown parameter group '{group}'. Valid: {', '.join(PARAMETER_GROUPS)}.")
+    include, exclude = PARAMETER_GROUPS[group]
+    chosen = {n: p for n, p in module.named_parameters()
+              if any(re.search(i, n) for i in include) and not any(re.search(e, n) for e in exclude)}
+    if not chosen:
+        raise ErasebenchError(f"Parameter group '{group}' selects nothing in {type(module).__name__}.")
+    return chosen
+
+
+class Shadow:
+    """A second set of values for the trained tensors, swapped in on demand.
+
+    Used as the frozen original (``Shadow(params)`` right after selection: ``with shadow.swap(): unet(...)``
+    runs the original model) and as an EMA teacher (:meth:`update_ema` after each step). Only the trained
+    tensors are copied, so ESD-x on SD keeps ~44M extra floats instead of a second 860M-parameter UNet.
+    """
+
+    def __init__(self, params: dict[str, torch.nn.Parameter]) -> None:
+        self.params = params
+        self.values = {n: p.detach().clone().float() for n, p in params.items()}
+
+    @contextlib.contextmanager
+    def swap(self) -> Iterator[None]:
+        """Run the block with the shadow values in place of the trained ones."""
+        current = {n: p.data for n, p in self.params.items()}
+        try:
+            for n, p in self.params.items():
+                p.data = self.values[n].to(dtype=current[n].dtype)
+            yield
+        finally:
+            for n, p in self.params.items():
+                p.data = current[n]
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        """shadow <- decay * shadow + (1 - decay) * trained."""
+        for n, p in self.params.items():
+            self.values[n].mul_(decay).add_(p.detach().float(), alpha=1 - decay)
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        """Make the shadow values the model's (e.g. keep the EMA teacher as the result)."""
+        for n, p in self.params.items():
+            p.data = self.values[n].to(dtype=p.dtype).clone()
+
+
+@torch.no_grad()
+def encode(pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """CLIP ``last_hidden_state`` of ``prompts``, padded to the tokenizer's max length as in SD."""
+    tok = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
+
+
+def ddim_scheduler(pipe: Any, steps: int) -> Any:
+    """A DDIM scheduler on the model's noise schedule, set to ``steps`` steps (SD's leading spacing)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps)
+    return sched
+
+
+def esd_timesteps(ddim_steps: int, mapping: str, generator: torch.Generator) -> tuple[int, int]:
+    """Draw how many DDIM steps to run and the DDPM timestep to query, as ESD does.
+
+    Args:
+        ddim_steps: Length of the DDIM chain (50 in every paper).
+        mapping: ``"compvis"`` reproduces the original code: t_enc ~ U{0..n-1}, the sampler runs
+            ``n + 1 - t_enc`` steps (all n when t_enc is 0) and the model is queried at
+            t ~ U[round(1000 t_enc / n), round(1000 (t_enc + 1) / n)) (the latent is about two DDIM steps
+            less noisy than t says). ``"consistent"`` runs k ~ U{0..n-1} steps and queries at the DDIM
+            timestep the latent is at (ESD's diffusers code).
+        generator: Source of randomness.
+
+    Returns:
+        (number of DDIM steps to run, DDPM timestep to query; -1 means "the chain's next timestep").
+    """
+    t_enc = int(torch.randint(ddim_steps, (1,), generator=generator))
+    if mapping == "compvis":
+        lo, hi = round(t_enc / ddim_steps * 1000), round((t_enc + 1) / ddim_steps * 1000)
+        t_ddpm = int(torch.randint(lo, hi, (1,), generator=generator))
+        return (min(ddim_steps + 1 - t_enc, ddim_steps) if t_enc > 0 else ddim_steps), t_ddpm
+    if mapping == "consistent":
+        return t_enc, -1
+    raise ErasebenchError(f"t_mapping must be 'compvis' or 'consistent', not '{mapping}'")
+
+
+@torch.no_grad()
+def partial_ddim_sample(unet: Any, sched: Any, latent: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                        guidance: float, run_steps: int) -> tuple[torch.Tensor, int]:
+    """Run the first ``run_steps`` steps of a CFG DDIM chain (eta 0) from ``latent``.
+
+    Returns:
+        The latent after those steps and the timestep of the chain it now sits at (the next one to denoise;
+        0 when the chain ran to the end).
+    """
+    x = latent * sched.init_noise_sigma
+    timesteps = sched.timesteps
+    for t in timesteps[:run_steps]:
+        eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+        x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x, eta=0.0).prev_sample
+    nxt = int(timesteps[run_steps]) if run_steps < len(timesteps) else 0
+    return x, nxt
+
+
+class Trainer:
+    """Optimise a set of tensors of a half-precision-or-fp32 model safely.
+
+    The trained tensors are kept in fp32 (pure fp16/bf16 Adam at lr 1e-5 loses most updates) and cast back
+    to the model's dtype by :meth:`finish`; activations run under autocast on CUDA.
+
+    Args:
+        params: The trained parameters (everything else should have ``requires_grad=False``).
+        optimizer: ``"adam"`` or ``"adamw"``.
+        lr: Learning rate.
+        steps: Number of steps (for the progress bar).
+        desc: Progress bar label.
+        clip_grad: Max gradient norm, or ``None``.
+        **opt_kwargs: Passed to the optimiser (betas, weight_decay, ...).
+    """
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], optimizer: str, lr: float, steps: int,
+                 desc: str = "erase", clip_grad: float | None = None, **opt_kwargs: Any) -> None:
+        self.params, self.clip_grad = params, clip_grad
+        self.dtype = next(iter(params.values())).dtype
+        for p in params.values():
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
+        self.opt = cls(list(params.values()), lr=lr, **opt_kwargs)
+        self.bar = tqdm(total=steps, desc=desc)
+        self.first_loss: float | None = None
+        device = next(iter(params.values())).device
+        half = self.dtype in (torch.float16, torch.bfloat16)
+        self.autocast = (torch.autocast("cuda", dtype=self.dtype) if device.type == "cuda" and half
+                         else contextlib.nullcontext())
+
+    def step(self, loss: torch.Tensor) -> float:
+        """Backpropagate ``loss``, check it, and update the parameters."""
+        value = float(loss.detach())
+        if self.first_loss is None:
+            self.first_loss = value
+        if not math.isfinite(value) or value > 1e4 * max(self.first_loss, 1e-8):
+            self.bar.close()
+            raise ErasebenchError(
+                f"Training diverged at step {self.bar.n}: loss {value:.4g} (first loss {self.first_loss:.4g}). "
+                "Lower the learning rate or check the method's settings."
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_grad:
+            torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.clip_grad)
+        self.opt.step()
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{value:.4g}")
+        return value
+
+    def finish(self) -> None:
+        """Stop training: drop gradients and cast the trained tensors back to the model's dtype."""
+        self.bar.close()
+        for p in self.params.values():
+            p.requires_grad_(False)
+            p.grad = None
+            p.data = p.data.to(self.dtype)
+        self.opt.state.clear()
