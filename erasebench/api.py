@@ -50,6 +50,8 @@ class Task:
         splits: Split name -> the images to generate for it.
         evaluators: Evaluator name -> its settings, run in this order.
         anchor: An optional anchor/surrogate concept text some methods use ("painting", "a person").
+        anchor_prompts: Captions of the anchor concept (``{anchor}`` is filled in) for methods that train
+            on anchor images.
     """
 
     name: str
@@ -60,6 +62,7 @@ class Task:
     splits: Mapping[str, tuple[PromptItem, ...]]
     evaluators: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     anchor: str = ""
+    anchor_prompts: tuple[str, ...] = ()
 
 
 class Score(NamedTuple):

@@ -156,4 +156,5 @@ def build_task(cfg: Mapping[str, Any], concept: str, limit: int | None = None) -
         splits=splits,
         evaluators={str(k): dict(v or {}) for k, v in dict(cfg.get("evaluators") or {}).items()},
         anchor=str(cfg.get("anchor") or ""),
+        anchor_prompts=tuple(str(p) for p in cfg.get("anchor_prompts") or ()),
     )

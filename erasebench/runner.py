@@ -111,8 +111,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
         torch.manual_seed(ctx.seed)
         t0 = time.time()
         pipe = method.erase(pipe, task, ctx)
-        changed = save_erased(pipe, before, run_dir,
-                              {**method_meta, "method_hash": method_hash, "erase_seconds": time.time() - t0})
+        resolved = getattr(method, "resolved", None)  # settings a method derived from the task (e.g. "auto")
+        changed = save_erased(pipe, before, run_dir, {**method_meta, "method_hash": method_hash, "resolved": resolved,
+                                                      "erase_seconds": time.time() - t0})
         log.info("%s changed %d tensors in %.1fs", method.name, len(changed), time.time() - t0)
 
     rows: list[dict[str, Any]] = []
