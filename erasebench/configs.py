@@ -44,6 +44,8 @@ def build_config(plugin: type[Plugin], kwargs: Mapping[str, Any], kind: str = "p
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or "?"
         raise ConfigError(f"Bad value for setting '{key}' of {kind} '{plugin.name}': {exc.msg.splitlines()[0]}") from None
+    except ConfigError as exc:  # raised by a Config's own __post_init__ checks
+        raise ConfigError(f"{kind.capitalize()} '{plugin.name}': {exc}") from None
 
 
 #: Entry-point group through which a third-party package adds its own YAML (a package holding conf groups).

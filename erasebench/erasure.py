@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from erasebench.errors import ErasebenchError
+from erasebench.errors import ConfigError, ErasebenchError
 
 #: Trained-parameter groups by name, in diffusers' UNet naming (see method-specs §0.1 and ESD §1.3).
 PARAMETER_GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -34,6 +34,12 @@ PARAMETER_GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "attn": ((r"attn[12]\.to_(q|k|v|out)",), ()),
     "full": ((r".",), ()),
 }
+
+
+def check_choice(key: str, value: str, options: Sequence[str]) -> None:
+    """Raise a :class:`~erasebench.errors.ConfigError` naming ``key`` if ``value`` is not an option."""
+    if value not in options:
+        raise ConfigError(f"Setting '{key}' must be one of {', '.join(options)}, not '{value}'.")
 
 
 def select_parameters(module: torch.nn.Module, group: str) -> dict[str, torch.nn.Parameter]:

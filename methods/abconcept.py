@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from erasebench.api import Method, PromptItem, RunContext, Task
-from erasebench.erasure import Trainer, encode, select_parameters
+from erasebench.erasure import Trainer, check_choice, encode, select_parameters
 from erasebench.registry import register_method
 
 #: Fallback anchor captions by task kind, used when the task gives none ("{anchor}" is filled in).
@@ -85,6 +85,17 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     """Mean squared error over the masked latent elements (the reference's masked loss)."""
     sq = (pred.float() - target.float()) ** 2 * mask
     return sq.sum() / (mask.expand_as(sq).sum())
+
+
+def abconcept_loss(unet: Any, x_t: torch.Tensor, t: torch.Tensor, emb_target: torch.Tensor, emb_anchor: torch.Tensor,
+                   noise: torch.Tensor, mask: torch.Tensor, variant: str) -> torch.Tensor:
+    """AbConcept's ablation loss at one batch (model-based: the current model's anchor prediction, detached)."""
+    if variant == "model":
+        with torch.no_grad():
+            target = unet(x_t, t, encoder_hidden_states=emb_anchor).sample
+    else:
+        target = noise
+    return masked_mse(unet(x_t, t, encoder_hidden_states=emb_target).sample, target, mask)
 
 
 @register_method("abconcept")
@@ -126,6 +137,11 @@ class AbConcept(Method):
         weight_decay: float = 1e-2
         clip_grad: float = 1.0
         anchor: str = ""
+
+        def __post_init__(self) -> None:
+            check_choice("variant", self.variant, ("model", "noise"))
+            check_choice("prior_preservation", self.prior_preservation, ("auto", "on", "off"))
+            check_choice("hflip", self.hflip, ("auto", "on", "off"))
 
     def resolve(self, task: Task) -> dict[str, Any]:
         """The settings this run uses, with ``auto``/0 replaced by the paper values for the task's kind."""
@@ -186,13 +202,8 @@ class AbConcept(Method):
             p_target = [target_caption(p, r["anchor"], task.concept_text, task.kind, rng) for p in p_anchor]
             x_t, noise, t = noisy(idx)
             with trainer.autocast:
-                if c.variant == "model":
-                    with torch.no_grad():  # the current model's anchor prediction, stop-gradient
-                        target = unet(x_t, t, encoder_hidden_states=encode(pipe, p_anchor)).sample
-                else:
-                    target = noise
-                pred = unet(x_t, t, encoder_hidden_states=encode(pipe, p_target)).sample
-                loss = masked_mse(pred, target, mask)
+                loss = abconcept_loss(unet, x_t, t, encode(pipe, p_target), encode(pipe, p_anchor), noise, mask,
+                                      c.variant)
                 if r["prior"]:
                     prior_idx = [rng.randrange(len(captions)) for _ in range(c.batch_size)]
                     xp_t, noise_p, tp = noisy(prior_idx)

@@ -44,14 +44,19 @@ import torch
 import torch.nn.functional as F
 
 from erasebench.api import Method, RunContext, Task
-from erasebench.erasure import Shadow, Trainer, ddim_scheduler, encode, esd_timesteps, partial_ddim_sample
-from erasebench.erasure import select_parameters
+from erasebench.erasure import PARAMETER_GROUPS, Shadow, Trainer, check_choice, ddim_scheduler, encode, esd_timesteps
+from erasebench.erasure import partial_ddim_sample, select_parameters
 from erasebench.registry import register_method
 
 
-def esd_target(e_0: torch.Tensor, e_p: torch.Tensor, negative_guidance: float) -> torch.Tensor:
-    """The ESD regression target: the original's noise guided away from the concept."""
-    return e_0 - negative_guidance * (e_p - e_0)
+def esd_loss(unet: Any, frozen: Shadow, z: torch.Tensor, t: torch.Tensor, emb_0: torch.Tensor, emb_p: torch.Tensor,
+             negative_guidance: float) -> torch.Tensor:
+    """ESD's loss at one (x_t, t): the trained prediction for c against the negatively guided original."""
+    with torch.no_grad(), frozen.swap():
+        e_0 = unet(z, t, encoder_hidden_states=emb_0).sample
+        e_p = unet(z, t, encoder_hidden_states=emb_p).sample
+    e_n = unet(z, t, encoder_hidden_states=emb_p).sample
+    return F.mse_loss(e_n.float(), (e_0 - negative_guidance * (e_p - e_0)).float())
 
 
 @register_method("esd")
@@ -88,6 +93,12 @@ class ESD(Method):
         t_mapping: str = "compvis"
         prompt: str = ""
 
+        def __post_init__(self) -> None:
+            check_choice("sampler_model", self.sampler_model, ("trained", "frozen"))
+            check_choice("t_mapping", self.t_mapping, ("compvis", "consistent"))
+            if self.train_method != "auto":
+                check_choice("train_method", self.train_method, tuple(PARAMETER_GROUPS))
+
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Train and return ``pipe`` with the ESD-updated UNet."""
         c = self.config
@@ -109,12 +120,8 @@ class ESD(Method):
             with sampler, trainer.autocast:
                 z, t_next = partial_ddim_sample(unet, sched, start, emb_p, emb_0, c.start_guidance, run_steps)
             t = torch.tensor([t_ddpm if t_ddpm >= 0 else t_next], device=run.device)
-            with torch.no_grad(), frozen.swap(), trainer.autocast:
-                e_0 = unet(z, t, encoder_hidden_states=emb_0).sample
-                e_p = unet(z, t, encoder_hidden_states=emb_p).sample
             with trainer.autocast:
-                e_n = unet(z, t, encoder_hidden_states=emb_p).sample
-            loss = F.mse_loss(e_n.float(), esd_target(e_0, e_p, c.negative_guidance).float())
+                loss = esd_loss(unet, frozen, z, t, emb_0, emb_p, c.negative_guidance)
             self.losses.append(trainer.step(loss))
         trainer.finish()
         return pipe

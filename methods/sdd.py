@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from erasebench.api import Method, RunContext, Task
-from erasebench.erasure import Shadow, Trainer, ddim_scheduler, encode, partial_ddim_sample, select_parameters
+from erasebench.erasure import PARAMETER_GROUPS, Shadow, Trainer, check_choice, ddim_scheduler, encode
+from erasebench.erasure import partial_ddim_sample, select_parameters
 from erasebench.registry import register_method
 
 
@@ -47,6 +48,14 @@ def sdd_query_timestep(t_ddim: int, ddim_steps: int, generator: torch.Generator)
     lo = round((1 - (t_ddim + 1) / ddim_steps) * 1000)
     hi = round((1 - t_ddim / ddim_steps) * 1000)
     return int(torch.randint(lo, hi, (1,), generator=generator))
+
+
+def sdd_loss(unet: Any, z: torch.Tensor, t: torch.Tensor, emb_0: torch.Tensor, emb_s: torch.Tensor) -> torch.Tensor:
+    """SDD's loss: the student's concept prediction against its own unconditional one (stop-gradient)."""
+    with torch.no_grad():
+        e_0 = unet(z, t, encoder_hidden_states=emb_0).sample
+    e_s = unet(z, t, encoder_hidden_states=emb_s).sample
+    return F.mse_loss(e_s.float(), e_0.float())
 
 
 @register_method("sdd")
@@ -83,6 +92,9 @@ class SDD(Method):
         reproduce_t0_bug: bool = True
         prompt: str = ""
 
+        def __post_init__(self) -> None:
+            check_choice("train_method", self.train_method, tuple(PARAMETER_GROUPS))
+
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Train and return ``pipe`` holding the EMA teacher's weights."""
         c = self.config
@@ -103,11 +115,9 @@ class SDD(Method):
             with teacher.swap(), trainer.autocast:
                 z, _ = partial_ddim_sample(unet, sched, start, emb_s, emb_0, c.guidance, run_steps)
             t = torch.tensor([sdd_query_timestep(t_ddim, c.ddim_steps, gen)], device=run.device)
-            with torch.no_grad(), trainer.autocast:
-                e_0 = unet(z, t, encoder_hidden_states=emb_0).sample  # the student's own, stop-gradient
             with trainer.autocast:
-                e_s = unet(z, t, encoder_hidden_states=emb_s).sample
-            self.losses.append(trainer.step(F.mse_loss(e_s.float(), e_0.float())))
+                loss = sdd_loss(unet, z, t, emb_0, emb_s)
+            self.losses.append(trainer.step(loss))
             teacher.update_ema(c.ema_decay)
         trainer.finish()
         teacher.copy_to_params()  # the EMA teacher is the erased model (``--eval_with teacher``)

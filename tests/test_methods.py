@@ -1,0 +1,133 @@
+"""Each method's loss on fixed tensors against an independent computation from the paper's formula."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+from erasebench.erasure import Shadow, Trainer, esd_timesteps, select_parameters
+from erasebench.methods import abconcept, esd, sdd
+
+
+@pytest.fixture
+def fixed(tiny_pipe: Any) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    dim = tiny_pipe.unet.config.cross_attention_dim
+    return {"z": torch.randn(2, 4, 16, 16, generator=g), "t": torch.tensor([500, 120]),
+            "emb_0": torch.randn(2, 77, dim, generator=g), "emb_c": torch.randn(2, 77, dim, generator=g),
+            "noise": torch.randn(2, 4, 16, 16, generator=g)}
+
+
+def _perturb(params: dict[str, torch.nn.Parameter]) -> None:
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(0.05 * torch.randn_like(p))
+
+
+def test_esd_loss_matches_formula_with_a_real_frozen_copy(tiny_pipe: Any, fixed: dict) -> None:
+    unet = tiny_pipe.unet
+    original = copy.deepcopy(unet)  # an actual second model: checks the shadow-swap against the real thing
+    params = select_parameters(unet, "xattn")
+    frozen = Shadow(params)
+    _perturb(params)  # the trained model now differs from the original
+    z, t, e0c, epc = fixed["z"], fixed["t"], fixed["emb_0"], fixed["emb_c"]
+    eta = 2.0
+    loss = esd.esd_loss(unet, frozen, z, t, e0c, epc, eta)
+    with torch.no_grad():
+        e_0 = original(z, t, encoder_hidden_states=e0c).sample
+        e_p = original(z, t, encoder_hidden_states=epc).sample
+        e_n = unet(z, t, encoder_hidden_states=epc).sample
+    expected = ((e_n - (e_0 - eta * (e_p - e_0))) ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() > 0
+    loss.backward()  # gradients reach the trained tensors only through eps_theta(x_t, c, t)
+    assert all(p.grad is not None for p in params.values())
+
+
+def test_esd_compvis_timestep_mapping() -> None:
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        run_steps, t = esd_timesteps(50, "compvis", g)
+        t_enc = 51 - run_steps if run_steps < 50 else None
+        if t_enc is not None:  # t_enc >= 2: the chain ran 51 - t_enc steps and t is in [20 t_enc, 20 t_enc + 20)
+            assert 20 * t_enc <= t < 20 * t_enc + 20
+        else:  # t_enc in {0, 1}: all 50 steps
+            assert 0 <= t < 40
+    steps, t = esd_timesteps(50, "consistent", g)
+    assert 0 <= steps < 50 and t == -1
+
+
+def test_sdd_loss_matches_formula_and_stops_the_gradient(tiny_pipe: Any, fixed: dict) -> None:
+    unet = tiny_pipe.unet
+    params = select_parameters(unet, "xattn")
+    z, t, e0c, esc = fixed["z"], fixed["t"], fixed["emb_0"], fixed["emb_c"]
+    loss = sdd.sdd_loss(unet, z, t, e0c, esc)
+    with torch.no_grad():
+        expected = ((unet(z, t, encoder_hidden_states=esc).sample - unet(z, t, encoder_hidden_states=e0c).sample)
+                    ** 2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in params.items()}
+    for p in params.values():
+        p.grad = None
+    target = unet(z, t, encoder_hidden_states=e0c).sample.detach()  # gradient only through the concept branch
+    ((unet(z, t, encoder_hidden_states=esc).sample - target) ** 2).mean().backward()
+    for n, p in params.items():
+        torch.testing.assert_close(p.grad, grads[n])
+
+
+def test_sdd_ema_teacher_update() -> None:
+    p = torch.nn.Parameter(torch.zeros(3))
+    teacher = Shadow({"w": p})
+    with torch.no_grad():
+        p.fill_(1.0)
+    teacher.update_ema(0.999)
+    torch.testing.assert_close(teacher.values["w"], torch.full((3,), 0.001))
+    teacher.copy_to_params()
+    torch.testing.assert_close(p.data, torch.full((3,), 0.001))
+
+
+@pytest.mark.parametrize("variant", ["model", "noise"])
+def test_abconcept_loss_matches_formula(variant: str, tiny_pipe: Any, fixed: dict) -> None:
+    unet = tiny_pipe.unet
+    z, t, e_a, e_t, noise = fixed["z"], fixed["t"], fixed["emb_0"], fixed["emb_c"], fixed["noise"]
+    mask = abconcept.border_mask(16, torch.device("cpu"))
+    loss = abconcept.abconcept_loss(unet, z, t, e_t, e_a, noise, mask, variant)
+    with torch.no_grad():
+        pred = unet(z, t, encoder_hidden_states=e_t).sample
+        target = unet(z, t, encoder_hidden_states=e_a).sample if variant == "model" else noise
+    inner = (pred - target)[..., 1:-1, 1:-1]  # the one-pixel border is masked out
+    assert loss.item() == pytest.approx((inner ** 2).mean().item(), rel=1e-5)
+
+
+def test_abconcept_target_captions() -> None:
+    import random
+
+    rng = random.Random(0)
+    assert abconcept.target_caption("a photo of a dog", "dog", "grumpy cat", "object", rng) == \
+        "a photo of a grumpy cat"
+    style = abconcept.target_caption("a painting of a harbour", "painting", "Van Gogh", "style", rng)
+    assert style in {"a painting of a harbour, in the style of Van Gogh", "in Van Gogh's style, a painting of a harbour"}
+
+
+def test_trainer_updates_only_the_selected_group(tiny_pipe: Any, fixed: dict) -> None:
+    unet = tiny_pipe.unet
+    before = {n: p.detach().clone() for n, p in unet.named_parameters()}
+    params = select_parameters(unet, "xattn_kv")
+    trainer = Trainer(params, "adam", 1e-3, 1, desc="test")
+    trainer.step(sdd.sdd_loss(unet, fixed["z"], fixed["t"], fixed["emb_0"], fixed["emb_c"]))
+    trainer.finish()
+    changed = {n for n, p in unet.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == set(params) and all(".attn2.to_" in n for n in changed)
+
+
+def test_trainer_stops_on_nan(tiny_pipe: Any) -> None:
+    from erasebench.errors import ErasebenchError
+
+    params = select_parameters(tiny_pipe.unet, "xattn_kv")
+    trainer = Trainer(params, "adam", 1e-3, 2, desc="test")
+    with pytest.raises(ErasebenchError, match="diverged"):
+        trainer.step(torch.tensor(float("nan"), requires_grad=True))
