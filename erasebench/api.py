@@ -86,6 +86,8 @@ class RunContext:
         original_images: ``original_images(items) -> images`` of the unmodified model (from the cache, or
             from a reloaded copy of the model; methods edit theirs in place).
         limit: Cap on images per split for smoke runs, or ``None``.
+        cache_dir: Root of the shared cache (``paths.cache_dir``), for artefacts every run can reuse
+            (trained evaluation classifiers, ...); ``None`` outside the harness.
     """
 
     seed: int
@@ -95,6 +97,7 @@ class RunContext:
     generate: Callable[[DiffusionPipeline, Sequence[PromptItem]], list[Image]]
     original_images: Callable[[Sequence[PromptItem]], list[Image]]
     limit: int | None = None
+    cache_dir: Path | None = None
 
 
 class Plugin:

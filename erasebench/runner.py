@@ -97,7 +97,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
         return cache(original_pipe[0], items)
 
     ctx = RunContext(seed=int(cfg["seed"]), device=device, dtype=dtype, run_dir=run_dir, generate=cache,
-                     original_images=original_images, limit=cfg.get("limit"))
+                     original_images=original_images, limit=cfg.get("limit"), cache_dir=cache.root.parent)
     if any(e.needs_original for e in evaluators):
         for items in task.splits.values():
             cache.paths(pipe, items)

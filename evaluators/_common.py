@@ -79,10 +79,11 @@ def file_digest(path: Path, n: int = 12) -> str:
 def evaluator_cache_dir(run: RunContext, kind: str) -> Path:
     """A folder for an evaluator's derived artefacts (trained classifiers) next to the shared image cache.
 
-    The harness does not hand the cache directory to plugins; its image cache (``run.generate``) knows its
-    root (``<paths.cache_dir>/images``), so artefacts go to ``<paths.cache_dir>/<kind>``, shared by every run
-    that uses the same cache. Without one (a custom ``generate``), the run directory is used.
+    Artefacts go to ``<paths.cache_dir>/<kind>`` (``run.cache_dir``), shared by every run that uses the same
+    cache; without one, next to a custom image cache's root, else in the run directory.
     """
+    if run.cache_dir is not None:
+        return Path(run.cache_dir) / kind
     root = getattr(run.generate, "root", None)
     if root is None:
         return Path(run.run_dir) / kind
