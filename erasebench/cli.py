@@ -30,7 +30,8 @@ def _app(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
-        runner.run(plain, run_dir)  # type: ignore[arg-type]
+        metrics = runner.run(plain, run_dir)  # type: ignore[arg-type]
+        print(runner.summary_table(metrics))
     except ErasebenchError as exc:
         # SystemExit passes through Hydra's job runner, so a bad input stops a sweep with one paragraph.
         print(f"erasebench: error: {exc}", file=sys.stderr)

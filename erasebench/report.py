@@ -34,7 +34,8 @@ def collect(runs_dir: Path) -> pd.DataFrame:
     files = sorted(p for p in Path(runs_dir).rglob("metrics.csv") if "report" not in p.parts)
     if not files:
         raise ErasebenchError(f"No metrics.csv under '{runs_dir}'. Run `erasebench` first (see README).")
-    df = pd.concat([pd.read_csv(f, keep_default_na=False, na_values=[""]) for f in files], ignore_index=True)
+    df = pd.concat([pd.read_csv(f, keep_default_na=False, na_values=[""]).assign(run_dir=str(f.parent))
+                    for f in files], ignore_index=True)
     df = df.sort_values("finished_at").drop_duplicates(KEY, keep="last").reset_index(drop=True)
     # Method settings differ between methods by design; every other setting must agree within a column.
     for key, group in df.groupby(["model", "task", "concept", "evaluator", "metric"]):
@@ -106,8 +107,10 @@ def to_latex(text: pd.DataFrame, best: pd.DataFrame) -> str:
     return styled.to_latex(hrules=True, multirow_align="t")
 
 
-def report(runs_dir: Path, out: Path | None = None, decimals: int = 3) -> dict[str, Path]:
-    """Collect, summarise and write every table; return the written paths by kind."""
+def report(runs_dir: Path, out: Path | None = None, decimals: int = 3, grids: bool = True) -> dict[str, Path]:
+    """Collect, summarise and write every table (and image grids); return the written paths by kind."""
+    from erasebench.grids import make_grids
+
     out = Path(out) if out else Path(runs_dir) / "report"
     df = collect(Path(runs_dir))
     summary = summarize(df)
@@ -118,6 +121,9 @@ def report(runs_dir: Path, out: Path | None = None, decimals: int = 3) -> dict[s
     atomic_write_text(paths["summary"], summary.to_csv(index=False))
     atomic_write_text(paths["markdown"], to_markdown(text, best))
     atomic_write_text(paths["latex"], to_latex(text, best))
+    if grids:
+        for path in make_grids(df, out / "grids"):
+            paths[f"grid {path.stem.removeprefix('grid_')}"] = path
     return paths
 
 
@@ -127,9 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs_dir", type=Path, help="a results directory, e.g. results/runs/adhoc")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: <runs_dir>/report)")
     parser.add_argument("--decimals", type=int, default=3)
+    parser.add_argument("--no-grids", action="store_true", help="skip the image grids")
     args = parser.parse_args(argv)
     try:
-        paths = report(args.runs_dir, args.out, args.decimals)
+        paths = report(args.runs_dir, args.out, args.decimals, grids=not args.no_grids)
     except ErasebenchError as exc:
         print(f"erasebench-report: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

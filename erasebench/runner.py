@@ -144,3 +144,17 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
     write_metrics(rows, metrics_path)
     log.info("wrote %d rows to %s (%d images generated)", len(rows), metrics_path, cache.generated)
     return metrics_path
+
+
+def summary_table(metrics_path: Path) -> str:
+    """A short Markdown table of one run's results (split, evaluator, metric, value, n, direction)."""
+    import pandas as pd
+
+    df = pd.read_csv(metrics_path)
+    head = f"{df['method'].iloc[0]} on {df['model'].iloc[0]}/{df['task'].iloc[0]}/{df['concept'].iloc[0]}, " \
+           f"seed {df['seed'].iloc[0]}: {metrics_path}"
+    lines = [head, "", "| split | evaluator | metric | value | n | better |", "|---|---|---|---|---|---|"]
+    for r in df.itertuples(index=False):
+        better = "higher" if str(r.higher_is_better).lower() == "true" else "lower"
+        lines.append(f"| {r.split} | {r.evaluator} | {r.metric} | {r.value:.4g} | {r.n} | {better} |")
+    return "\n".join(lines) + "\n"

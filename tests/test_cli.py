@@ -26,6 +26,7 @@ def test_single_run_writes_tidy_rows(tmp_path: Path) -> None:
     assert (df["n"] == 4).all()
     assert len(list((run_dir / "images/erase").glob("*.png"))) == 4
     assert (run_dir / "erased/meta.json").exists() and (run_dir / ".hydra/config.yaml").exists()
+    assert "| erase | dummy | brightness |" in proc.stdout  # the run prints its results
 
 
 def test_saved_sweep_then_report(tmp_path: Path) -> None:
@@ -49,6 +50,8 @@ def test_saved_sweep_then_report(tmp_path: Path) -> None:
     body = tex.split("\\midrule")[1].split("\\bottomrule")[0].strip().splitlines()
     assert len(body) == methods and "\\textbf{" in tex and "\\toprule" in tex
     assert "| none |" in rep.stdout  # the Markdown table is printed
+    grids = sorted(p.name for p in (sweep / "report/grids").glob("*.png"))
+    assert grids == ["grid_tiny_smoke_cat_erase.png", "grid_tiny_smoke_cat_preserve.png"]
 
 
 def test_report_refuses_to_merge_different_settings(tmp_path: Path) -> None:
