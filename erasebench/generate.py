@@ -8,6 +8,8 @@ every method, seed and evaluator that asks for them.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -73,6 +75,17 @@ def fingerprint(pipe: Any) -> str:
     return fp
 
 
+@contextlib.contextmanager
+def _locked(path: Path):  # type: ignore[no-untyped-def]
+    """An exclusive advisory lock on ``path`` (released when the block ends or the process dies)."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _atomic_save(img: Image.Image, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     img.save(tmp, format="PNG")
@@ -113,15 +126,20 @@ class ImageCache:
         if not meta.exists():
             meta.write_text(json.dumps({"fingerprint": fingerprint(pipe), **asdict(self.sampler)}, indent=1))
         paths = [d / self.filename(it) for it in items]
-        todo = list({p: it for p, it in zip(paths, items) if not p.exists()}.items())
-        bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not self.progress or not todo)
-        for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i : i + self.batch_size]
-            for (path, _), img in zip(chunk, self._generate(pipe, [it for _, it in chunk])):
-                _atomic_save(img, path)
-            self.generated += len(chunk)
-            bar.update(len(chunk))
-        bar.close()
+        if all(p.exists() for p in paths):
+            return paths
+        # Parallel jobs of a sweep often need the same (original-model) images: the first one to take the
+        # lock renders them, the others wait and then find them on disk.
+        with _locked(d / ".lock"):
+            todo = list({p: it for p, it in zip(paths, items) if not p.exists()}.items())
+            bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not self.progress or not todo)
+            for i in range(0, len(todo), self.batch_size):
+                chunk = todo[i : i + self.batch_size]
+                for (path, _), img in zip(chunk, self._generate(pipe, [it for _, it in chunk])):
+                    _atomic_save(img, path)
+                self.generated += len(chunk)
+                bar.update(len(chunk))
+            bar.close()
         return paths
 
     def __call__(self, pipe: Any, items: Sequence[PromptItem]) -> list[Image.Image]:

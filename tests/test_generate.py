@@ -56,3 +56,31 @@ def test_fingerprint_follows_the_weights(tiny_pipe: Any, tmp_path: Path) -> None
     assert fingerprint(tiny_pipe) == fp  # same bytes, same key: the first images are found again
     cache(tiny_pipe, ITEMS[:1])
     assert cache.generated == 2
+
+
+def test_parallel_jobs_render_shared_images_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, time
+from erasebench.api import PromptItem
+from erasebench.generate import ImageCache, Sampler
+from erasebench.models import build_tiny
+pipe = build_tiny()
+pipe.set_progress_bar_config(disable=True)
+items = [PromptItem(f"shared reference prompt {{i}}", seed=i) for i in range(12)]
+while time.time() < float(sys.argv[1]):  # start both jobs at the same moment
+    time.sleep(0.01)
+cache = ImageCache({str(tmp_path)!r}, Sampler(steps=3, height=32, width=32), batch_size=4, progress=False)
+cache(pipe, items)
+print(cache.generated)
+"""
+    import time
+
+    start = str(time.time() + 15)
+    procs = [subprocess.Popen([sys.executable, "-c", script, start], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    counts = [int(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+    assert sorted(counts) == [0, 12]  # one job rendered all twelve, the other found them on disk
+    assert len(list(tmp_path.rglob("*.png"))) == 12
