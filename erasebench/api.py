@@ -52,6 +52,9 @@ class Task:
         anchor: An optional anchor/surrogate concept text some methods use ("painting", "a person").
         anchor_prompts: Captions of the anchor concept (``{anchor}`` is filled in) for methods that train
             on anchor images.
+        erase_prompt: The prompt methods erase, when the bare concept text is not how the model is asked
+            for it (the toy world's frozen random text encoder knows "a circle", not "circle"); empty means
+            ``concept_text``. Use :meth:`erase_text`.
     """
 
     name: str
@@ -63,6 +66,11 @@ class Task:
     evaluators: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     anchor: str = ""
     anchor_prompts: tuple[str, ...] = ()
+    erase_prompt: str = ""
+
+    def erase_text(self) -> str:
+        """The text a method should erase: ``erase_prompt``, else ``concept_text``."""
+        return self.erase_prompt or self.concept_text
 
 
 class Score(NamedTuple):

@@ -159,4 +159,5 @@ def build_task(cfg: Mapping[str, Any], concept: str, limit: int | None = None) -
         evaluators={str(k): dict(v or {}) for k, v in dict(cfg.get("evaluators") or {}).items()},
         anchor=str(cfg.get("anchor") or ""),
         anchor_prompts=tuple(str(p) for p in cfg.get("anchor_prompts") or ()),
+        erase_prompt=str(cfg.get("erase_template") or "{concept}").format(concept=concepts[concept]),
     )

@@ -157,8 +157,11 @@ def _load_toy() -> Any:
 
     from erasebench.toy import pipeline_path
 
-    return StableDiffusionPipeline.from_pretrained(str(pipeline_path()), safety_checker=None,
-                                                   requires_safety_checker=False)
+    try:
+        path = pipeline_path()
+    except FileNotFoundError as exc:  # the toy weights ship in the package; absent only in a broken checkout
+        raise MissingFileError(f"Model 'toy': {exc}") from None
+    return StableDiffusionPipeline.from_pretrained(str(path), safety_checker=None, requires_safety_checker=False)
 
 
 def set_scheduler(pipe: Any, name: str) -> None:

@@ -80,7 +80,7 @@ class ESD(Method):
             ddim_steps: Length of that DDIM chain.
             sampler_model: ``trained`` (paper code) or ``frozen`` (diffusers port).
             t_mapping: ``compvis`` (paper code) or ``consistent`` (diffusers port); see the module docstring.
-            prompt: The text to erase; empty means the task's concept text.
+            prompt: The text to erase; empty means the task's (``task.erase_text()``).
         """
 
         train_method: str = "auto"
@@ -106,7 +106,7 @@ class ESD(Method):
         unet = pipe.unet
         params = select_parameters(unet, group)
         frozen = Shadow(params)
-        emb_0, emb_p = encode(pipe, [""]), encode(pipe, [c.prompt or task.concept_text])
+        emb_0, emb_p = encode(pipe, [""]), encode(pipe, [c.prompt or task.erase_text()])
         sched = ddim_scheduler(pipe, c.ddim_steps)
         gen = torch.Generator().manual_seed(run.seed)
         size = unet.config.sample_size

@@ -78,7 +78,7 @@ class SDD(Method):
             ddim_steps: Length of the DDIM chain.
             clip_grad: Gradient-norm clip.
             reproduce_t0_bug: Keep the reference code's t_ddim = 0 behaviour (see the module docstring).
-            prompt: The text to erase; empty means the task's concept text.
+            prompt: The text to erase; empty means the task's (``task.erase_text()``).
         """
 
         train_method: str = "xattn"
@@ -101,7 +101,7 @@ class SDD(Method):
         unet = pipe.unet
         params = select_parameters(unet, c.train_method)
         teacher = Shadow(params)
-        emb_0, emb_s = encode(pipe, [""]), encode(pipe, [c.prompt or task.concept_text])
+        emb_0, emb_s = encode(pipe, [""]), encode(pipe, [c.prompt or task.erase_text()])
         sched = ddim_scheduler(pipe, c.ddim_steps)
         gen = torch.Generator().manual_seed(run.seed)
         size = unet.config.sample_size
