@@ -40,9 +40,16 @@ def compose_cfg(overrides: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def run_cli(args: Sequence[str], tmp: Path, env: dict[str, str] | None = None,
-            module: str = "erasebench.cli", timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``erasebench`` (or another module) in a subprocess with results and cache under ``tmp``."""
+            module: str = "erasebench.cli", timeout: float = 600, tiny: bool = True) -> subprocess.CompletedProcess:
+    """Run ``erasebench`` (or another module) in a subprocess with results and cache under ``tmp``.
+
+    With ``tiny`` (the default), ``model=tiny task=smoke method=none`` replace the toy-world defaults
+    unless ``args`` set them (or an experiment does).
+    """
     full_env = {**os.environ, **(env or {})}
     extra = [f"paths.results_dir={tmp / 'runs'}", f"paths.cache_dir={tmp / 'cache'}"] if module.endswith("cli") else []
+    if module.endswith("cli") and tiny and not any(a.startswith("experiment=") for a in args):
+        given = {a.split("=")[0] for a in args}
+        extra += [f"{k}={v}" for k, v in (("model", "tiny"), ("task", "smoke"), ("method", "none")) if k not in given]
     return subprocess.run([sys.executable, "-m", module, *args, *extra], cwd=tmp, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

@@ -62,7 +62,8 @@ def test_report_refuses_to_merge_different_settings(tmp_path: Path) -> None:
 
 
 def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "erasebench.cli", "-m", "method=dummy", "method.sleep_s=2", "seed=0,1,2",
+    args = [sys.executable, "-m", "erasebench.cli", "-m", "model=tiny", "task=smoke", "method=dummy", "method.sleep_s=2",
+            "seed=0,1,2",
             f"paths.results_dir={tmp_path / 'runs'}", f"paths.cache_dir={tmp_path / 'cache'}"]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

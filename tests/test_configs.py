@@ -90,3 +90,28 @@ def test_unknown_concept_and_missing_prompt_file() -> None:
     node["splits"]["erase"]["prompt_file"] = "no/such/file.csv"
     with pytest.raises(MissingFileError, match="no/such/file.csv"):
         build_task(node, "dog")
+
+
+def _preset_cases() -> list[tuple[str, str, str | None]]:
+    models, methods, tasks = yaml_names("model"), yaml_names("method"), yaml_names("task")
+    cases = [(m, me, None) for m in models for me in methods if f"{m}_{me}" in yaml_names("preset")]
+    cases += [(m, me, t) for m in models for me in methods for t in tasks if f"{m}_{me}_{t}" in yaml_names("preset/task")]
+    return cases
+
+
+def test_every_preset_file_is_reachable() -> None:
+    found = {f"{m}_{me}" if t is None else f"{m}_{me}_{t}" for m, me, t in _preset_cases()}
+    assert found == yaml_names("preset") | yaml_names("preset/task")
+
+
+@pytest.mark.parametrize(("model", "method", "task"), _preset_cases())
+def test_presets_apply_under_the_command_line(model: str, method: str, task: str | None) -> None:
+    overrides = [f"model={model}", f"method={method}"] + ([f"task={task}"] if task else [])
+    node = compose_cfg(overrides)["method"]
+    plain = compose_cfg(["model=tiny", f"method={method}"] + ([f"task={task}"] if task else []))["method"]
+    assert node != plain  # the preset changed something
+    cls = METHODS.get(method)
+    build_config(cls, {k: v for k, v in node.items() if k != "name"}, "method")
+    scalars = [k for k in node if k != "name" and node[k] != plain[k] and isinstance(plain[k], (int, float, str))]
+    for key in scalars[:1]:  # a command-line value beats the preset
+        assert compose_cfg([*overrides, f"method.{key}={plain[key]}"])["method"][key] == plain[key]

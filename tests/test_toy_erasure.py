@@ -1,0 +1,53 @@
+"""The Methods-I bar on the toy world, through the harness itself (``runner.run`` on ``model=toy``).
+
+Bar: the erased concept's ``acc_erase`` <= 0.30 and the mean ``acc_preserve`` of the other concepts within
+0.15 of the unmodified model's. ESD runs in the default test run (one method per kind of concept); the
+others are ``slow``. Methods that miss the bar at the settings tried are ``xfail(strict=True)`` with the
+measured numbers, so a change that makes them pass is noticed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import compose_cfg
+
+from erasebench import runner
+
+BAR_ERASE, BAR_PRESERVE_DROP = 0.30, 0.15
+MISSES = {  # measured with the toy presets (results/toy/): erase / preserve, `none` in brackets
+    ("sdd", "toy_style"): "SDD erases too little on toy styles: 0.633 / 0.667 (0.900 / 0.708)",
+    ("abconcept", "toy_object"): "AbConcept erases too little on toy objects: 0.500 / 0.958 (0.933 / 0.979)",
+    ("abconcept", "toy_style"): "AbConcept costs too much preservation on toy styles: 0.267 / 0.438 (0.900 / 0.708)",
+}
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("toy_cache")
+
+
+def _acc(method: str, task: str, cache_dir: Path, out: Path) -> dict[str, float]:
+    cfg = compose_cfg(["model=toy", f"task={task}", f"method={method}", "device=cpu",
+                       f"paths.cache_dir={cache_dir}", f"paths.results_dir={out}"])
+    df = pd.read_csv(runner.run(cfg, out / method))
+    acc = df[df["evaluator"] == "acc"].set_index("metric")["value"]
+    return {"erase": float(acc["acc_erase"]), "preserve": float(acc["acc_preserve"])}
+
+
+CASES = [pytest.param(m, t, marks=[*([pytest.mark.slow] if m != "esd" else []),
+                                   *([pytest.mark.xfail(reason=MISSES[(m, t)], strict=True)] if (m, t) in MISSES else [])],
+                      id=f"{m}-{t}")
+         for m in ("esd", "sdd", "abconcept") for t in ("toy_object", "toy_style")]
+
+
+@pytest.mark.parametrize(("method", "task"), CASES)
+def test_method_erases_the_toy_concept_and_keeps_the_others(method: str, task: str, cache_dir: Path,
+                                                            tmp_path: Path) -> None:
+    before = _acc("none", task, cache_dir, tmp_path)
+    after = _acc(method, task, cache_dir, tmp_path)
+    assert before["erase"] >= 0.8  # the unmodified model does draw the concept
+    assert after["erase"] <= BAR_ERASE, (before, after)
+    assert after["preserve"] >= before["preserve"] - BAR_PRESERVE_DROP, (before, after)
