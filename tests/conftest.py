@@ -32,6 +32,18 @@ def tiny_pipe(_tiny_master: Any) -> Any:
     return copy.deepcopy(_tiny_master)
 
 
+@pytest.fixture
+def fixed(tiny_pipe: Any) -> dict[str, Any]:
+    """Fixed UNet inputs for loss tests: latents, timesteps, and random prompt embeddings."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    dim = tiny_pipe.unet.config.cross_attention_dim
+    return {"z": torch.randn(2, 4, 16, 16, generator=g), "t": torch.tensor([500, 120]),
+            "emb_0": torch.randn(2, 77, dim, generator=g), "emb_c": torch.randn(2, 77, dim, generator=g),
+            "emb_a": torch.randn(2, 77, dim, generator=g), "noise": torch.randn(2, 4, 16, 16, generator=g)}
+
+
 def compose_cfg(overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The composed erasebench config as a plain dict (without the ``hydra`` node)."""
     with initialize_config_module(config_module="erasebench.conf", version_base="1.3"):

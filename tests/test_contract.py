@@ -31,7 +31,7 @@ def _task(concept: str = "cat") -> Any:
 
 def _method(name: str) -> Method:
     cls = METHODS.get(name)
-    node = compose_cfg([f"method={name}"])["method"]
+    node = compose_cfg(["model=tiny", f"method={name}"])["method"]
     kwargs = {**{k: v for k, v in node.items() if k != "name"}, **cls.smoke_settings}
     return cls(build_config(cls, kwargs, "method"))
 

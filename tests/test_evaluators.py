@@ -385,7 +385,7 @@ def test_originals_rendered_once_across_evaluators_and_methods(tmp_path: Path, m
     evaluators = {name: dict(EVALUATORS.get(name).smoke_settings) for name in ("fid", "lpips")}
     rows = []
     for method in ("none", "dummy"):
-        cfg = compose_cfg([f"method={method}", "task=smoke", "limit=2", "device=cpu",
+        cfg = compose_cfg(["model=tiny", f"method={method}", "task=smoke", "limit=2", "device=cpu",
                            f"paths.cache_dir={tmp_path / 'cache'}"])
         cfg["task"]["evaluators"] = evaluators
         rows.append(pd.read_csv(runner.run(cfg, tmp_path / method)))

@@ -12,15 +12,6 @@ from erasebench.erasure import Shadow, Trainer, esd_timesteps, select_parameters
 from erasebench.methods import abconcept, esd, sdd
 
 
-@pytest.fixture
-def fixed(tiny_pipe: Any) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    dim = tiny_pipe.unet.config.cross_attention_dim
-    return {"z": torch.randn(2, 4, 16, 16, generator=g), "t": torch.tensor([500, 120]),
-            "emb_0": torch.randn(2, 77, dim, generator=g), "emb_c": torch.randn(2, 77, dim, generator=g),
-            "noise": torch.randn(2, 4, 16, 16, generator=g)}
-
-
 def _perturb(params: dict[str, torch.nn.Parameter]) -> None:
     with torch.no_grad():
         for p in params.values():

@@ -18,15 +18,6 @@ from erasebench.erasure import Shadow, Trainer, select_parameters
 from erasebench.generate import ImageCache, Sampler, weight_digests
 
 
-@pytest.fixture
-def fixed(tiny_pipe: Any) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    dim = tiny_pipe.unet.config.cross_attention_dim
-    return {"z": torch.randn(2, 4, 16, 16, generator=g), "t": torch.tensor([500, 120]),
-            "emb_0": torch.randn(2, 77, dim, generator=g), "emb_c": torch.randn(2, 77, dim, generator=g),
-            "emb_a": torch.randn(2, 77, dim, generator=g)}
-
-
 def _perturb(params: dict[str, torch.nn.Parameter], scale: float = 0.05) -> None:
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -45,7 +36,7 @@ def _task() -> Any:
 
 
 def _method(cls: Any, **kwargs: Any) -> Any:
-    node = compose_cfg([f"method={cls.name}"])["method"]
+    node = compose_cfg(["model=tiny", f"method={cls.name}"])["method"]  # paper settings, no toy preset
     return cls(build_config(cls, {**{k: v for k, v in node.items() if k != "name"}, **kwargs}, "method"))
 
 
