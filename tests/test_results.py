@@ -39,3 +39,18 @@ def test_metrics_file_has_schema_and_hash(tmp_path: Path) -> None:
     assert header == COLUMNS
     assert finished_hash(tmp_path) == "h1"
     assert not list(tmp_path.glob(".*tmp"))  # the temporary file was renamed away
+
+
+def test_erased_tensors_are_not_reused_after_a_task_change(tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import compose_cfg
+
+    from erasebench import runner
+
+    base = ["model=tiny", "task=smoke", "method=dummy", "limit=1", f"paths.cache_dir={tmp_path / 'cache'}"]
+    runner.run(compose_cfg(base), tmp_path / "run")
+    first = (tmp_path / "run/erased/meta.json").stat().st_mtime_ns
+    runner.run(compose_cfg([*base, "+task.anchor=thing"]), tmp_path / "run")  # same method, other task config
+    assert (tmp_path / "run/erased/meta.json").stat().st_mtime_ns != first
