@@ -109,9 +109,9 @@ class ImageCache:
         self.root, self.sampler, self.batch_size, self.progress = Path(root), sampler, batch_size, progress
         self.generated = 0
 
-    def directory(self, pipe: Any) -> Path:
-        """The cache directory for this pipeline's current weights and the sampler."""
-        return self.root / f"{fingerprint(pipe)}-{self.sampler.key()}"
+    def directory(self, pipe: Any, weights: str | None = None) -> Path:
+        """The cache directory for the pipeline's current weights (or a given fingerprint) and the sampler."""
+        return self.root / f"{weights or fingerprint(pipe)}-{self.sampler.key()}"
 
     @staticmethod
     def filename(item: PromptItem) -> str:

@@ -87,7 +87,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
 
     def original_images(items: Sequence[PromptItem]) -> list[Any]:
         # The original model's images are usually cached (generated before erasure); reload only if not.
-        paths = [cache.root / f"{original_fp}-{sampler.key()}" / cache.filename(it) for it in items]
+        paths = [cache.directory(None, original_fp) / cache.filename(it) for it in items]
         if all(p.exists() for p in paths):
             from PIL import Image
 

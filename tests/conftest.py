@@ -44,6 +44,16 @@ def fixed(tiny_pipe: Any) -> dict[str, Any]:
             "emb_a": torch.randn(2, 77, dim, generator=g), "noise": torch.randn(2, 4, 16, 16, generator=g)}
 
 
+def perturb(params: dict[str, Any], scale: float = 0.05) -> None:
+    """Move trained tensors away from their original values, reproducibly (seeded noise)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
 def compose_cfg(overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The composed erasebench config as a plain dict (without the ``hydra`` node)."""
     with initialize_config_module(config_module="erasebench.conf", version_base="1.3"):

@@ -7,15 +7,10 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import perturb
 
 from erasebench.erasure import Shadow, Trainer, esd_timesteps, select_parameters
 from erasebench.methods import abconcept, esd, sdd
-
-
-def _perturb(params: dict[str, torch.nn.Parameter]) -> None:
-    with torch.no_grad():
-        for p in params.values():
-            p.add_(0.05 * torch.randn_like(p))
 
 
 def test_esd_loss_matches_formula_with_a_real_frozen_copy(tiny_pipe: Any, fixed: dict) -> None:
@@ -23,7 +18,7 @@ def test_esd_loss_matches_formula_with_a_real_frozen_copy(tiny_pipe: Any, fixed:
     original = copy.deepcopy(unet)  # an actual second model: checks the shadow-swap against the real thing
     params = select_parameters(unet, "xattn")
     frozen = Shadow(params)
-    _perturb(params)  # the trained model now differs from the original
+    perturb(params)  # the trained model now differs from the original
     z, t, e0c, epc = fixed["z"], fixed["t"], fixed["emb_0"], fixed["emb_c"]
     eta = 2.0
     loss = esd.esd_loss(unet, frozen, z, t, e0c, epc, eta)

@@ -9,20 +9,13 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, perturb
 from erasebench.methods import advanchor, advunlearn, allbutone
 
 from erasebench.api import RunContext
 from erasebench.configs import build_config, build_task
 from erasebench.erasure import Shadow, Trainer, select_parameters
 from erasebench.generate import ImageCache, Sampler, weight_digests
-
-
-def _perturb(params: dict[str, torch.nn.Parameter], scale: float = 0.05) -> None:
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in params.values():
-            p.add_(scale * torch.randn(p.shape, generator=g))
 
 
 def _ctx(tmp_path: Path, pipe: Any) -> RunContext:
@@ -72,7 +65,7 @@ def test_advanchor_unlearn_loss_matches_formula_with_a_real_frozen_copy(tiny_pip
     original = copy.deepcopy(unet)
     params = select_parameters(unet, "xattn")
     frozen = Shadow(params)
-    _perturb(params)
+    perturb(params)
     z, t, e_g, e_c, e_a = fixed["z"], fixed["t"], fixed["emb_0"], fixed["emb_c"], fixed["emb_a"]
     loss = advanchor.unlearn_loss(unet, frozen, z, t, e_c, e_a, e_g, lam=10.0)
     with torch.no_grad():
@@ -273,7 +266,7 @@ def test_allbutone_loss_matches_the_reconstructed_formula(mask_source: str, tiny
     original = copy.deepcopy(unet)
     params = select_parameters(unet, "xattn_kv")
     frozen = Shadow(params)
-    _perturb(params)
+    perturb(params)
     z, t, e0, ec, ea = fixed["z"], fixed["t"], fixed["emb_0"], fixed["emb_c"], fixed["emb_a"]
     p, lam = 0.1, 0.7
     loss = allbutone.allbutone_loss(unet, frozen, z, t, e0, ec, ea, p, lam, mask_source)
