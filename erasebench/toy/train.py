@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import ASSETS_DIR, CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS, PIPELINE_SUBDIR
@@ -241,14 +240,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(ASSETS_DIR), help="assets directory to write")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--vae-steps", type=int, default=900)
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-grad-weight", type=float, default=0.5, help="weight of the edge loss")
     ap.add_argument("--vae-kl", type=float, default=1e-5, help="KL weight per latent element")
     ap.add_argument("--dataset-size", type=int, default=30000, help="images encoded for the UNet")
-    ap.add_argument("--unet-steps", type=int, default=1400)
+    ap.add_argument("--unet-steps", type=int, default=3200)
     ap.add_argument("--unet-batch", type=int, default=64)
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--unet-warmup", type=int, default=100)
