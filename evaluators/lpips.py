@@ -6,6 +6,12 @@ Protocol (``eval-protocol.md`` §3; ESD ``evalscripts/lpips_eval.py``, AdvAnchor
 mean distance over the pairs of a split. ``resize: 64`` is the default because both papers do it (it makes
 LPIPS look at coarse structure only); ``resize: null`` compares at native resolution. The setting is recorded.
 
+Toy backend (``backbone_weights: toy_classifier``): the toy world has no AlexNet, so LPIPS is computed in its
+*baseline* form (Zhang et al. 2018, "lin" heads off: unit-normalise each layer's features over channels, squared
+difference summed over channels, averaged over space, summed over layers; the ``lpips`` package's
+``lpips=False``) on the three conv stages of the toy classifier, at native resolution. It is reported as
+``toy_lpips`` so a toy number never sits in an LPIPS column.
+
 Reading the numbers: on the ``preserve`` split a low LPIPS means the other concepts' images survived; on the
 ``erase`` split a *high* LPIPS means the erased concept's images changed (ESD/AdvAnchor report both). The
 harness declares one direction per metric, so ``lpips`` is declared lower-is-better; read the erase split
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 ALEXNET_KEY = "alexnet_imagenet1k_v1"
+TOY_KEY = "toy_classifier"
 #: AlexNet ``features`` indices held by each slice of ``lpips.pretrained_networks.alexnet``.
 _SLICES = {"slice1": range(2), "slice2": range(2, 5), "slice3": range(5, 8), "slice4": range(8, 10),
            "slice5": range(10, 12)}
@@ -79,6 +86,31 @@ def build_lpips(backbone_weights: str, device: Any = "cpu") -> torch.nn.Module:
     return model.to(device).eval()
 
 
+class ToyLPIPS:
+    """Baseline LPIPS (no learned heads) on the toy classifier's three conv stages; inputs in [-1, 1]."""
+
+    def __init__(self, device: Any = "cpu") -> None:
+        from erasebench.toy.classifier import load_classifier
+
+        self.model = load_classifier(str(device))
+        # The end of each stage (after its second ReLU), i.e. before the pooling that starts the next one.
+        relus = [i for i, m in enumerate(self.model.body) if m.__class__.__name__ == "ReLU"]
+        self.taps = set(relus[1::2])
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-pair distance ``(B,)``."""
+        import lpips
+
+        total = 0
+        fx, fy = x, y  # the classifier's body takes [-1, 1] (ToyClassifier.features maps [0, 1] there)
+        for i, layer in enumerate(self.model.body):
+            fx, fy = layer(fx), layer(fy)
+            if i in self.taps:
+                d = (lpips.normalize_tensor(fx) - lpips.normalize_tensor(fy)) ** 2
+                total = total + lpips.spatial_average(d.sum(dim=1, keepdim=True))
+        return total.reshape(-1)  # type: ignore[union-attr]
+
+
 def prepare(images: list[Image], resize: int | None) -> torch.Tensor:
     """PIL images -> ``(B, 3, H, W)`` in [-1, 1], after torchvision's ``Resize(resize)`` (PIL bilinear)."""
     import numpy as np
@@ -101,7 +133,7 @@ def prepare(images: list[Image], resize: int | None) -> torch.Tensor:
 class LPIPS(Evaluator):
     """Mean paired LPIPS (AlexNet, v0.1) between erased and original images, per split."""
 
-    higher_is_better = {"lpips": False}
+    higher_is_better = {"lpips": False, "toy_lpips": False}
     needs_original = True
     smoke_settings = {"backbone_weights": RANDOM_TEST}
 
@@ -112,7 +144,8 @@ class LPIPS(Evaluator):
         Attributes:
             net: LPIPS trunk; only ``alex`` (the papers' choice).
             version: LPIPS head version.
-            backbone_weights: ``alexnet_imagenet1k_v1`` or ``random_init_test`` (tests only).
+            backbone_weights: ``alexnet_imagenet1k_v1``, ``toy_classifier`` (toy world; reported as
+                ``toy_lpips``) or ``random_init_test`` (tests only).
             resize: Shorter side in px before LPIPS (ESD/AdvAnchor: 64), or None for native resolution.
             resize_mode: How images are resized (recorded; only ``pil_bilinear``, torchvision's Resize on PIL).
             batch_size: Pairs per forward pass.
@@ -131,12 +164,13 @@ class LPIPS(Evaluator):
         c = self.config
         if c.net != "alex" or c.version != "0.1":
             raise ConfigError("lpips: only net 'alex', version '0.1' is supported (the ESD/AdvAnchor protocol)")
-        if c.backbone_weights not in (ALEXNET_KEY, RANDOM_TEST):
-            raise ConfigError(f"lpips: backbone_weights must be '{ALEXNET_KEY}' or '{RANDOM_TEST}'")
+        if c.backbone_weights not in (ALEXNET_KEY, TOY_KEY, RANDOM_TEST):
+            raise ConfigError(f"lpips: backbone_weights must be one of '{ALEXNET_KEY}', '{TOY_KEY}', "
+                              f"'{RANDOM_TEST}'")
         if c.resize_mode != "pil_bilinear":
             raise ConfigError("lpips: resize_mode must be 'pil_bilinear'")
 
-    def distances(self, model: torch.nn.Module, a: list[Image], b: list[Image], device: Any) -> torch.Tensor:
+    def distances(self, model: Any, a: list[Image], b: list[Image], device: Any) -> torch.Tensor:
         """Per-pair LPIPS of two equally long image lists."""
         import torch
 
@@ -152,9 +186,10 @@ class LPIPS(Evaluator):
 
     def evaluate(self, pipe: Any, task: Task, run: RunContext) -> dict[str, dict[str, float | Score]]:
         """Mean LPIPS per split between ``run.generate`` and ``run.original_images`` of the same items."""
-        model = build_lpips(self.config.backbone_weights, run.device)
+        toy = self.config.backbone_weights == TOY_KEY
+        model = ToyLPIPS(run.device) if toy else build_lpips(self.config.backbone_weights, run.device)
         out: dict[str, dict[str, float | Score]] = {}
         for split, items in task.splits.items():
             d = self.distances(model, run.generate(pipe, items), run.original_images(items), run.device)
-            out[split] = {"lpips": Score(float(d.mean()), len(d))}
+            out[split] = {"toy_lpips" if toy else "lpips": Score(float(d.mean()), len(d))}
         return out

@@ -173,6 +173,42 @@ def test_lpips_paired_zero_for_identical_positive_for_different(tmp_path: Path) 
     assert s["resize"] == 64 and s["net"] == "alex" and s["version"] == "0.1"
 
 
+def test_toy_lpips_matches_the_lpips_package_baseline_on_toy_features(tmp_path: Path) -> None:
+    """The toy backend equals ``lpips.LPIPS(lpips=False)`` with its trunk swapped for the toy classifier."""
+    import lpips as lpips_pkg
+    from erasebench.evaluators.lpips import LPIPS, prepare
+    from erasebench.toy.classifier import load_classifier
+    from erasebench.toy.data import render, to_pil
+
+    rng = np.random.default_rng(0)
+    circles = [to_pil(render("circle", "solid", "red", rng)) for _ in range(3)]
+    squares = [to_pil(render("square", "striped", "blue", rng)) for _ in range(3)]
+    ev = LPIPS(LPIPS.Config(backbone_weights="toy_classifier", resize=None))
+    task = _task({"erase": _items(3, prompt="x{i}"), "preserve": _items(3, prompt="y{i}")})
+    out = ev.evaluate(None, task, _ctx(tmp_path, {"x0": circles, "y0": squares}, {"x0": circles, "y0": circles}))
+    assert set(out["erase"]) == {"toy_lpips"}  # never reported in the AlexNet `lpips` column
+    same, diff = _value(out["erase"]["toy_lpips"]), _value(out["preserve"]["toy_lpips"])
+
+    clf = load_classifier()
+    stages = [clf.body[:6], clf.body[6:13], clf.body[13:]]  # conv-bn-relu x2 per stage (+ maxpool in front)
+
+    class Trunk(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            outs = []
+            for s in stages:
+                x = s(x)
+                outs.append(x)
+            return outs
+
+    # version 0.0: no ImageNet scaling layer (the toy classifier takes [-1, 1] as is).
+    ref = lpips_pkg.LPIPS(net="alex", lpips=False, version="0.0", pretrained=False, pnet_rand=True, verbose=False)
+    ref.net, ref.L = Trunk(), 3
+    with torch.no_grad():
+        direct = float(ref(prepare(squares, None), prepare(circles, None)).mean())
+    print(f"toy LPIPS identical {same}, circle vs striped square {diff:.6g} (lpips package {direct:.6g})")
+    assert same == 0.0 and diff > 0.05 and diff == pytest.approx(direct, rel=1e-5)
+
+
 def test_lpips_loads_alexnet_file_into_the_trunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision
     from erasebench.evaluators import lpips as ev_lpips
