@@ -164,12 +164,16 @@ class Trainer:
         steps: Number of steps (for the progress bar).
         desc: Progress bar label.
         clip_grad: Max gradient norm, or ``None``.
+        loss_scale: Divergence stops the run when the loss exceeds 1e4 x max(first loss, ``loss_scale``).
+            Methods whose loss starts at ~0 by construction (the trained weights equal the original ones)
+            pass the loss size they expect, so the check does not fire on normal training.
         **opt_kwargs: Passed to the optimiser (betas, weight_decay, ...).
     """
 
     def __init__(self, params: dict[str, torch.nn.Parameter], optimizer: str, lr: float, steps: int,
-                 desc: str = "erase", clip_grad: float | None = None, **opt_kwargs: Any) -> None:
-        self.params, self.clip_grad = params, clip_grad
+                 desc: str = "erase", clip_grad: float | None = None, loss_scale: float = 1e-8,
+                 **opt_kwargs: Any) -> None:
+        self.params, self.clip_grad, self.loss_scale = params, clip_grad, loss_scale
         self.dtype = next(iter(params.values())).dtype
         for p in params.values():
             p.data = p.data.float()
@@ -188,7 +192,7 @@ class Trainer:
         value = float(loss.detach())
         if self.first_loss is None:
             self.first_loss = value
-        if not math.isfinite(value) or value > 1e4 * max(self.first_loss, 1e-8):
+        if not math.isfinite(value) or value > 1e4 * max(self.first_loss, self.loss_scale):
             self.bar.close()
             raise ErasebenchError(
                 f"Training diverged at step {self.bar.n}: loss {value:.4g} (first loss {self.first_loss:.4g}). "
@@ -211,3 +215,42 @@ class Trainer:
             p.grad = None
             p.data = p.data.to(self.dtype)
         self.opt.state.clear()
+
+
+# -- text-side helpers (AdvUnlearn soft prompts, AdvAnchor embedding perturbation) ------------------------------
+
+@contextlib.contextmanager
+def token_embedding_override(text_encoder: Any, start: int, values: torch.Tensor,
+                             mode: str = "replace") -> Iterator[None]:
+    """Within the block, the text encoder's input word embeddings at ``start:start+n`` are replaced by (or,
+    with ``mode="add"``, have added to them) ``values`` of shape [1 or B, n, D], with gradients to ``values``.
+
+    A forward hook on the token-embedding layer, so the encoder's own forward (position embeddings, causal
+    mask, final layer norm) runs unchanged in any transformers version.
+    """
+    def hook(_module: Any, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        n = values.shape[1]
+        v = values.to(out.dtype).expand(out.shape[0], -1, -1)
+        mid = v if mode == "replace" else out[:, start:start + n] + v
+        return torch.cat([out[:, :start], mid, out[:, start + n:]], dim=1)
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def text_states(text_encoder: Any, input_ids: torch.Tensor, adv: torch.Tensor | None = None,
+                start: int = 1, mode: str = "replace") -> torch.Tensor:
+    """``last_hidden_state`` of ``input_ids``, optionally with soft tokens ``adv`` at ``start`` (with gradients)."""
+    ids = input_ids.to(text_encoder.device)
+    if adv is None:
+        return text_encoder(ids)[0]
+    with token_embedding_override(text_encoder, start, adv, mode):
+        return text_encoder(ids)[0]
+
+
+def concept_token_ids(tokenizer: Any, text: str) -> list[int]:
+    """The real BPE token ids of ``text`` (no start/end tokens) -- not one token per word."""
+    return list(tokenizer(text, add_special_tokens=False).input_ids)

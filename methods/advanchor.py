@@ -69,10 +69,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from erasebench.methods.advunlearn import concept_token_ids, text_states
 
 from erasebench.api import Method, PromptItem, RunContext, Task
-from erasebench.erasure import Shadow, Trainer, check_choice, encode, esd_timesteps, select_parameters
+from erasebench.erasure import Shadow, Trainer, check_choice, concept_token_ids, encode, esd_timesteps
+from erasebench.erasure import select_parameters, text_states
 from erasebench.registry import register_method
 
 #: Per task kind: [concept prompt, generic prompt, anchor base prompt]; ``{concept}`` is the concept text.
@@ -275,11 +275,9 @@ class AdvAnchor(Method):
         params = select_parameters(unet, c.train_method)
         frozen = Shadow(params)
         noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
-        trainer = Trainer(params, "adam", c.lr, c.steps, desc=f"advanchor-{c.strategy}")
         # The loss starts at ~0 by construction (trained = original weights, anchor = concept + ~1e-7), so the
-        # Trainer's "loss > 1e4 x first loss" divergence check would fire on normal training; measure
-        # divergence against a loss of 1 instead (NaN/inf still stop the run).
-        trainer.first_loss = 1.0
+        # divergence check is measured against a loss of 1 (NaN/inf still stop the run).
+        trainer = Trainer(params, "adam", c.lr, c.steps, desc=f"advanchor-{c.strategy}", loss_scale=1.0)
         delta = (torch.randn((1, n_tok, emb_c.shape[-1]), generator=gen) * c.delta_init_std).to(run.device)
 
         def noisy(i: int) -> tuple[torch.Tensor, torch.Tensor]:

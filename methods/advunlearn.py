@@ -59,9 +59,8 @@ Deviations and choices:
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +68,8 @@ import torch
 import torch.nn.functional as F
 
 from erasebench.api import Method, RunContext, Task
-from erasebench.erasure import Trainer, check_choice, ddim_scheduler, encode, esd_timesteps, partial_ddim_sample
+from erasebench.erasure import Trainer, check_choice, concept_token_ids, ddim_scheduler, encode, esd_timesteps
+from erasebench.erasure import partial_ddim_sample, text_states
 from erasebench.errors import ErasebenchError
 from erasebench.registry import register_method
 
@@ -98,47 +98,10 @@ def select_text_encoder_parameters(text_encoder: torch.nn.Module, group: str = "
     return chosen
 
 
-@contextlib.contextmanager
-def token_embedding_override(text_encoder: Any, start: int, values: torch.Tensor,
-                             mode: str = "replace") -> Iterator[None]:
-    """Within the block, the text encoder's input word embeddings at ``start:start+n`` are replaced by (or,
-    with ``mode="add"``, have added to them) ``values`` of shape [1 or B, n, D], with gradients to ``values``.
-
-    A forward hook on the token-embedding layer, so the encoder's own forward (position embeddings, causal
-    mask, final layer norm) runs unchanged in any transformers version.
-    """
-    def hook(_module: Any, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
-        n = values.shape[1]
-        v = values.to(out.dtype).expand(out.shape[0], -1, -1)
-        mid = v if mode == "replace" else out[:, start:start + n] + v
-        return torch.cat([out[:, :start], mid, out[:, start + n:]], dim=1)
-
-    handle = text_encoder.get_input_embeddings().register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def text_states(text_encoder: Any, input_ids: torch.Tensor, adv: torch.Tensor | None = None,
-                start: int = 1, mode: str = "replace") -> torch.Tensor:
-    """``last_hidden_state`` of ``input_ids``, optionally with soft tokens ``adv`` at ``start`` (with gradients)."""
-    ids = input_ids.to(text_encoder.device)
-    if adv is None:
-        return text_encoder(ids)[0]
-    with token_embedding_override(text_encoder, start, adv, mode):
-        return text_encoder(ids)[0]
-
-
 def _batch(states: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """The states in the latent's dtype, one per latent (a single prompt is repeated)."""
     states = states.to(z.dtype)
     return states.expand(z.shape[0], -1, -1) if states.shape[0] == 1 else states
-
-
-def concept_token_ids(tokenizer: Any, text: str) -> list[int]:
-    """The real BPE token ids of ``text`` (no start/end tokens) -- not one token per word."""
-    return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
 def prefix_input_ids(tokenizer: Any, prompt: str, k: int) -> torch.Tensor:

@@ -117,3 +117,21 @@ def test_trainer_stops_on_nan(tiny_pipe: Any) -> None:
     trainer = Trainer(params, "adam", 1e-3, 2, desc="test")
     with pytest.raises(ErasebenchError, match="diverged"):
         trainer.step(torch.tensor(float("nan"), requires_grad=True))
+
+
+def test_trainer_divergence_check_measures_against_loss_scale(tiny_pipe: Any) -> None:
+    """A loss that starts at ~0 may grow 1e4-fold without stopping when loss_scale says losses of ~1 are normal."""
+    from erasebench.errors import ErasebenchError
+
+    params = select_parameters(tiny_pipe.unet, "xattn_kv")
+    w = next(iter(params.values()))
+    tiny = lambda v: (w.sum() * 0 + v)  # noqa: E731  (a loss with a graph through the trained tensors)
+    strict = Trainer(params, "adam", 0.0, 2, desc="test")
+    strict.step(tiny(1e-6))
+    with pytest.raises(ErasebenchError, match="diverged"):
+        strict.step(tiny(0.5))  # 5e5 x the first loss
+    scaled = Trainer(params, "adam", 0.0, 3, desc="test", loss_scale=1.0)
+    scaled.step(tiny(1e-6))
+    assert scaled.step(tiny(0.5)) == pytest.approx(0.5)
+    with pytest.raises(ErasebenchError, match="diverged"):
+        scaled.step(tiny(2e4))  # past 1e4 x the scale
