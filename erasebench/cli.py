@@ -19,6 +19,15 @@ from erasebench.errors import ErasebenchError, unknown_name_message
 
 #: Config groups whose options are checked before Hydra starts, for a short message with the closest name.
 GROUPS = ("model", "method", "task", "experiment", "paths")
+#: Launchers live in optional Hydra plugins: ``hydra/launcher=<name>`` -> (plugin module, pip extra).
+LAUNCHERS = {
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "ray_gpus": ("hydra_plugins.hydra_ray_launcher", "multigpu"),
+    "ray": ("hydra_plugins.hydra_ray_launcher", "multigpu"),
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+}
 
 
 @hydra.main(version_base="1.3", config_path="pkg://erasebench.conf", config_name="config")
@@ -50,6 +59,25 @@ def _check_group_options(argv: list[str], options: dict[str, set[str]]) -> None:
                 raise SystemExit(2)
 
 
+def _check_launcher(argv: list[str]) -> None:
+    """A launcher whose Hydra plugin is not installed: say which package to install (Hydra's own error does not)."""
+    from importlib.util import find_spec
+
+    for arg in argv:
+        key, _, name = arg.partition("=")
+        if key.lstrip("+~") == "hydra/launcher" and name in LAUNCHERS:
+            module, extra = LAUNCHERS[name]
+            try:
+                missing = find_spec(module) is None
+            except ModuleNotFoundError:  # not even the hydra_plugins namespace
+                missing = True
+            if missing:
+                fix = f'pip install -e ".[{extra}]"' if "-" not in extra else f"pip install {extra}"
+                print(f"erasebench: error: hydra/launcher={name} needs the Hydra plugin {module.split('.')[-1]}, "
+                      f"which is not installed. Install it with: {fix}", file=sys.stderr)
+                raise SystemExit(2)
+
+
 def _add_third_party_conf(argv: list[str]) -> list[str]:
     """Put third-party conf packages on Hydra's search path and give YAML-less plugins a default node."""
     from hydra.core.config_store import ConfigStore
@@ -62,6 +90,7 @@ def _add_third_party_conf(argv: list[str]) -> list[str]:
             store.store(group="method", name=ep.name, node={"name": ep.name})
             options["method"].add(ep.name)
     _check_group_options(argv, options)
+    _check_launcher(argv)
     if not packages:
         return argv
     extra = ",".join(f"pkg://{p}" for p in packages)
