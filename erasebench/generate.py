@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,15 +131,19 @@ class ImageCache:
             return paths
         # Parallel jobs of a sweep often need the same (original-model) images: the first one to take the
         # lock renders them, the others wait and then find them on disk.
-        with _locked(d / ".lock"):
+        # PNG encoding runs in a thread pool while the next batch is sampled (zlib releases the GIL).
+        with _locked(d / ".lock"), ThreadPoolExecutor(max_workers=2) as pool:
             todo = list({p: it for p, it in zip(paths, items) if not p.exists()}.items())
             bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not self.progress or not todo)
+            saving = []
             for i in range(0, len(todo), self.batch_size):
                 chunk = todo[i : i + self.batch_size]
-                for (path, _), img in zip(chunk, self._generate(pipe, [it for _, it in chunk])):
-                    _atomic_save(img, path)
+                images = self._generate(pipe, [it for _, it in chunk])
+                saving += [pool.submit(_atomic_save, img, path) for (path, _), img in zip(chunk, images)]
                 self.generated += len(chunk)
                 bar.update(len(chunk))
+            for f in saving:
+                f.result()  # re-raises a failed write before the lock is released
             bar.close()
         return paths
 
