@@ -1,4 +1,4 @@
-"""The Methods-I bar on the toy world, through the harness itself (``runner.run`` on ``model=toy``).
+"""The Methods I and II bar on the toy world, through the harness itself (``runner.run`` on ``model=toy``).
 
 Bar: the erased concept's ``acc_erase`` <= 0.30 and the mean ``acc_preserve`` of the other concepts within
 0.15 of the unmodified model's. ESD runs in the default test run (one method per kind of concept); the
@@ -18,9 +18,9 @@ from erasebench import runner
 
 BAR_ERASE, BAR_PRESERVE_DROP = 0.30, 0.15
 MISSES = {  # measured with the toy presets (results/toy/): erase / preserve, `none` in brackets
-    ("sdd", "toy_style"): "SDD erases too little on toy styles: 0.633 / 0.667 (0.900 / 0.708)",
-    ("abconcept", "toy_object"): "AbConcept erases too little on toy objects: 0.500 / 0.958 (0.933 / 0.979)",
-    ("abconcept", "toy_style"): "AbConcept costs too much preservation on toy styles: 0.267 / 0.438 (0.900 / 0.708)",
+    ("abconcept", "toy_style"): "AbConcept costs too much preservation on toy styles: 0.200 / 0.729 (1.000 / 0.979)",
+    ("advanchor", "toy_object"): "AdvAnchor leaves toy objects unchanged: 1.000 / 1.000 (1.000 / 1.000)",
+    ("advanchor", "toy_style"): "AdvAnchor erases too little on toy styles: 0.633 / 0.875 (1.000 / 0.979)",
 }
 
 
@@ -32,6 +32,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _acc(method: str, task: str, cache_dir: Path, out: Path) -> dict[str, float]:
     cfg = compose_cfg(["model=toy", f"task={task}", f"method={method}", "device=cpu",
                        f"paths.cache_dir={cache_dir}", f"paths.results_dir={out}"])
+    cfg["task"]["evaluators"] = {"acc": cfg["task"]["evaluators"]["acc"]}  # the bar needs only ACC
     df = pd.read_csv(runner.run(cfg, out / method))
     acc = df[df["evaluator"] == "acc"].set_index("metric")["value"]
     return {"erase": float(acc["acc_erase"]), "preserve": float(acc["acc_preserve"])}
@@ -40,7 +41,8 @@ def _acc(method: str, task: str, cache_dir: Path, out: Path) -> dict[str, float]
 CASES = [pytest.param(m, t, marks=[*([pytest.mark.slow] if m != "esd" else []),
                                    *([pytest.mark.xfail(reason=MISSES[(m, t)], strict=True)] if (m, t) in MISSES else [])],
                       id=f"{m}-{t}")
-         for m in ("esd", "sdd", "abconcept") for t in ("toy_object", "toy_style")]
+         for m in ("esd", "sdd", "abconcept", "advanchor", "advunlearn", "allbutone")
+         for t in ("toy_object", "toy_style")]
 
 
 @pytest.mark.parametrize(("method", "task"), CASES)
