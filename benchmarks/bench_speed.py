@@ -205,7 +205,7 @@ def main() -> None:
         out["esd_ours_over_reference"] = round(out["esd_ours_it_s"] / out["esd_reference_it_s"], 2)
     c = peak / fpi
     out.update({"a_images_s": round(a, 3), "b_reference_images_s": round(b, 3), "c_flop_bound_images_s": round(c, 3),
-                "gflops_per_image": round(fpi / 1e9, 2), "peak_tflops": round(peak / 1e12, 2), "peak_source": peak_src,
+                "flops_per_image": int(fpi), "peak_tflops": round(peak / 1e12, 3), "peak_source": peak_src,
                 "a_over_b": round(a / b, 2), "a_over_c": round(a / c, 3),
                 "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None})
     print(json.dumps(out))

@@ -123,7 +123,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
               "model_source": cfg["model"].get("path") or cfg["model"].get("hub_id") or cfg["model"].get("source"),
               "sampler": json.dumps(asdict(sampler), sort_keys=True), "image_seeds": "task-fixed",
               "limit": cfg.get("limit"), "method_settings": json.dumps(method.settings(), sort_keys=True, default=str),
-              "device": str(device), "dtype": str(dtype).removeprefix("torch."), **versions()}
+              # CPU results depend on the thread count (float reductions are split differently), so it is recorded.
+              "device": f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device),
+              "dtype": str(dtype).removeprefix("torch."), **versions()}
     for ev in evaluators:
         result = ev.evaluate(pipe, task, ctx)
         settings = json.dumps(ev.settings(), sort_keys=True, default=str)

@@ -1,0 +1,34 @@
+"""The benchmark scripts run on CPU with model=tiny and print their figures (speed targets live in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_bench_speed_prints_the_three_ratios() -> None:
+    out = _run("bench_speed.py", "--model", "tiny", "--images", "8", "--reference-images", "4", "--esd-iters", "2")
+    for key in ("a_images_s", "b_reference_images_s", "c_flop_bound_images_s", "esd_ours_it_s", "esd_reference_it_s"):
+        assert out[key] > 0, key
+    assert out["a_over_b"] == pytest.approx(out["a_images_s"] / out["b_reference_images_s"], rel=0.02, abs=0.01)
+    assert out["a_images_s"] < out["c_flop_bound_images_s"]  # nothing beats the roofline
+    # FLOPs of one tiny image: 4 DDIM steps x a CFG pair of UNet calls plus a VAE decode, counted, not guessed.
+    assert out["flops_per_image"] > 0 and out["peak_source"].startswith("measured")
+
+
+def test_bench_generate_prints_throughput() -> None:
+    out = _run("bench_generate.py", "--model", "tiny", "--images", "8")
+    assert out["images"] == 8 and out["images_per_s"] > 0
