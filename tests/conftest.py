@@ -54,6 +54,21 @@ def perturb(params: dict[str, Any], scale: float = 0.05) -> None:
             p.add_(scale * torch.randn(p.shape, generator=g))
 
 
+def trained_and_original(unet: Any, group: str) -> tuple[Any, dict[str, Any], Any]:
+    """``(original, params, frozen)``: a real deep copy of ``unet`` (to check the shadow swap against), the
+    trained tensors of ``group``, their :class:`Shadow`; the trained tensors are then perturbed so that the
+    trained model differs from the original."""
+    import copy
+
+    from erasebench.erasure import Shadow, select_parameters
+
+    original = copy.deepcopy(unet)
+    params = select_parameters(unet, group)
+    frozen = Shadow(params)
+    perturb(params)
+    return original, params, frozen
+
+
 def compose_cfg(overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The composed erasebench config as a plain dict (without the ``hydra`` node)."""
     with initialize_config_module(config_module="erasebench.conf", version_base="1.3"):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
 import torch
-from conftest import perturb
+from conftest import trained_and_original
 
 from erasebench.erasure import Shadow, Trainer, esd_timesteps, select_parameters
 from erasebench.methods import abconcept, esd, sdd
@@ -15,10 +14,7 @@ from erasebench.methods import abconcept, esd, sdd
 
 def test_esd_loss_matches_formula_with_a_real_frozen_copy(tiny_pipe: Any, fixed: dict) -> None:
     unet = tiny_pipe.unet
-    original = copy.deepcopy(unet)  # an actual second model: checks the shadow-swap against the real thing
-    params = select_parameters(unet, "xattn")
-    frozen = Shadow(params)
-    perturb(params)  # the trained model now differs from the original
+    original, params, frozen = trained_and_original(unet, "xattn")
     z, t, e0c, epc = fixed["z"], fixed["t"], fixed["emb_0"], fixed["emb_c"]
     eta = 2.0
     loss = esd.esd_loss(unet, frozen, z, t, e0c, epc, eta)

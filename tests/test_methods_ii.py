@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import compose_cfg, perturb
+from conftest import compose_cfg, trained_and_original
 from erasebench.methods import advanchor, advunlearn, allbutone
 
 from erasebench.api import RunContext
@@ -62,10 +62,7 @@ def test_advanchor_adv_loss_matches_formula(variant: str, sim: str, tiny_pipe: A
 
 def test_advanchor_unlearn_loss_matches_formula_with_a_real_frozen_copy(tiny_pipe: Any, fixed: dict) -> None:
     unet = tiny_pipe.unet
-    original = copy.deepcopy(unet)
-    params = select_parameters(unet, "xattn")
-    frozen = Shadow(params)
-    perturb(params)
+    original, params, frozen = trained_and_original(unet, "xattn")
     z, t, e_g, e_c, e_a = fixed["z"], fixed["t"], fixed["emb_0"], fixed["emb_c"], fixed["emb_a"]
     loss = advanchor.unlearn_loss(unet, frozen, z, t, e_c, e_a, e_g, lam=10.0)
     with torch.no_grad():
@@ -263,10 +260,7 @@ def _independent_tail_mask(x: torch.Tensor, p: float) -> torch.Tensor:
 @pytest.mark.parametrize("mask_source", ["concept_guidance", "difference"])
 def test_allbutone_loss_matches_the_reconstructed_formula(mask_source: str, tiny_pipe: Any, fixed: dict) -> None:
     unet = tiny_pipe.unet
-    original = copy.deepcopy(unet)
-    params = select_parameters(unet, "xattn_kv")
-    frozen = Shadow(params)
-    perturb(params)
+    original, params, frozen = trained_and_original(unet, "xattn_kv")
     z, t, e0, ec, ea = fixed["z"], fixed["t"], fixed["emb_0"], fixed["emb_c"], fixed["emb_a"]
     p, lam = 0.1, 0.7
     loss = allbutone.allbutone_loss(unet, frozen, z, t, e0, ec, ea, p, lam, mask_source)

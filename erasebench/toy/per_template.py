@@ -17,11 +17,11 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
-from .classifier import load_classifier, predict
+from .classifier import ToyClassifier, load_classifier, predict
 
 
-def per_template(run_dir: Path) -> tuple[str, dict[str, float]]:
-    """``(method, {template: acc})`` of one toy run's erase split."""
+def per_template(run_dir: Path, clf: ToyClassifier) -> tuple[str, str | None, dict[str, float]]:
+    """``(method, erased phrase, {template: acc})`` of one toy run's erase split."""
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra/config.yaml"), resolve=False)
     task = cfg["task"]  # type: ignore[index]
     spec = task["splits"]["erase"]
@@ -30,14 +30,14 @@ def per_template(run_dir: Path) -> tuple[str, dict[str, float]]:
     files = sorted((run_dir / "images/erase").glob("*.png"))
     if len(files) != n * len(templates):
         raise SystemExit(f"{run_dir}: {len(files)} erase images, expected {n} x {len(templates)} templates")
-    clf = load_classifier()
     kind = task["kind"]
     names = list(clf.cfg.objects if kind == "object" else clf.cfg.styles)
     concept = cfg["concept"] if "${" not in str(cfg["concept"]) else task["default_concept"]  # type: ignore[index]
     target = names.index(task["concepts"][concept])
     obj, sty = predict(clf, [Image.open(f).convert("RGB") for f in files])
     hit = ((obj if kind == "object" else sty).numpy() == target).reshape(len(templates), n)
-    return str(cfg["method"]["name"]), {t: float(h.mean()) for t, h in zip(templates, hit)}  # type: ignore[index]
+    acc = {t: float(h.mean()) for t, h in zip(templates, hit)}
+    return str(cfg["method"]["name"]), task.get("erase_template"), acc  # type: ignore[index]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,12 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
     a = ap.parse_args(argv)
-    rows = [per_template(r) for r in a.runs]
-    templates = list(rows[0][1])
+    clf = load_classifier()
+    rows = [per_template(r, clf) for r in a.runs]
+    templates = list(rows[0][2])
     print("| method | " + " | ".join(f"`{t}`" for t in templates) + " | mean of unseen phrasings |")
     print("|---" * (len(templates) + 2) + "|")
-    for run, (method, acc) in zip(a.runs, rows):
-        erased = OmegaConf.load(run / ".hydra/config.yaml").task.get("erase_template")
+    for method, erased, acc in rows:
         unseen = [v for t, v in acc.items() if t != erased]
         print(f"| {method} | " + " | ".join(f"{acc[t]:.2f}" for t in templates) + f" | {np.mean(unseen):.2f} |")
 
