@@ -191,6 +191,8 @@ class AdvAnchor(Method):
             train_method: Parameter group (``xattn``: every attn2 tensor, the code).
             templates: Task kind -> [concept prompt, generic prompt, anchor base prompt].
             prompt: The text to erase; empty means the task's concept text.
+            diagnostics: Record the delta norm and the anchor's distance from the concept per unlearning step
+                (three extra no-grad forwards per step) in meta.json.
         """
 
         strategy: str = "op1"
@@ -208,6 +210,7 @@ class AdvAnchor(Method):
         templates: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in
                                                                          DEFAULT_TEMPLATES.items()})
         prompt: str = ""
+        diagnostics: bool = True
 
         def __post_init__(self) -> None:
             check_choice("strategy", self.strategy, ("op1", "op2", "op3"))
@@ -254,6 +257,7 @@ class AdvAnchor(Method):
         gen = torch.Generator().manual_seed(run.seed)
         latents = self._latents(pipe, run, p_c, c.steps, gen)
         unet, te, tok = pipe.unet, pipe.text_encoder, pipe.tokenizer
+        self._unet = unet
         te.requires_grad_(False)
         emb_c, emb_g = encode(pipe, [p_c]), encode(pipe, [p_g])
         # delta covers the concept's real tokens in the anchor base prompt, right after the prefix's tokens.
@@ -289,6 +293,7 @@ class AdvAnchor(Method):
         self.trace: list[tuple[str, int]] = []
         self.adv_losses: list[list[float]] = []
         self.losses: list[float] = []
+        self.diagnostics: dict[str, list[float]] = {k: [] for k in ("delta_norm", "anchor_shift", "sim_anchor_concept")}
 
         def delta_phase(i: int, z: torch.Tensor, t: torch.Tensor, max_steps: int, d: torch.Tensor) -> torch.Tensor:
             d = d.detach().clone().requires_grad_(True)
@@ -307,6 +312,8 @@ class AdvAnchor(Method):
         def unet_step(i: int, z: torch.Tensor, t: torch.Tensor) -> None:
             with torch.no_grad():
                 emb_anchor = anchor(delta).to(unet.dtype)
+                if c.diagnostics:
+                    self._record(i, z, t, emb_anchor, emb_c, emb_g, delta, frozen)
             with trainer.autocast:
                 loss = unlearn_loss(unet, frozen, z, t, emb_c, emb_anchor, emb_g, c.lam)
             self.losses.append(trainer.step(loss))
@@ -328,4 +335,23 @@ class AdvAnchor(Method):
                     unet_step(i, z, t)
         trainer.finish()
         self.delta = delta
+        if self.adv_losses:  # inner-loop summary per anchor search: steps taken, first and last L_adv
+            self.diagnostics.update(inner_steps=[len(x) for x in self.adv_losses],
+                                    adv_first=[x[0] for x in self.adv_losses],
+                                    adv_last=[x[-1] for x in self.adv_losses])
         return pipe
+
+    @torch.no_grad()
+    def _record(self, i: int, z: torch.Tensor, t: torch.Tensor, emb_anchor: torch.Tensor, emb_c: torch.Tensor,
+                emb_g: torch.Tensor, delta: torch.Tensor, frozen: Shadow) -> None:
+        """Log how far the anchor is from the concept at unlearning step ``i`` (meta.json ``diagnostics``).
+
+        ``anchor_shift`` = |eps*(a) - eps*(c)| / |eps*(g) - eps*(c)|: 0 means the unlearning target is the
+        concept's own prediction (nothing to erase), 1 means it is as far away as the generic prompt's.
+        """
+        with frozen.swap():
+            e_a, e_c, e_g = (self._unet(z, t, encoder_hidden_states=e).sample.float()
+                             for e in (emb_anchor, emb_c, emb_g))
+        self.diagnostics["delta_norm"].append(float(delta.norm()))
+        self.diagnostics["anchor_shift"].append(float((e_a - e_c).norm() / (e_g - e_c).norm().clamp_min(1e-12)))
+        self.diagnostics["sim_anchor_concept"].append(float(similarity(e_a, e_c, "cosine")))
