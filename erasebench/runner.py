@@ -14,19 +14,19 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from erasebench.api import Evaluator, PromptItem, RunContext, Score
-from erasebench.configs import build_config, build_task, evaluator_defaults
+from erasebench.api import PromptItem, RunContext, Score
+from erasebench.configs import build_config, build_evaluators, build_task
 from erasebench.errors import ConfigError
 from erasebench.generate import ImageCache, Sampler, fingerprint, weight_digests
 from erasebench.models import load_pipeline, resolve_device, resolve_dtype
-from erasebench.registry import EVALUATORS, METHODS
+from erasebench.registry import METHODS
 from erasebench.results import config_hash, finished_hash, load_erased, save_erased, versions, write_metrics
 
 log = logging.getLogger("erasebench")
@@ -70,10 +70,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
     method_cls = METHODS.get(str(cfg["method"]["name"]))
     method = method_cls(build_config(method_cls, _plugin_kwargs(cfg["method"]), "method"))
     task = build_task(cfg["task"], str(cfg["concept"]), cfg.get("limit"))
-    evaluators: list[Evaluator] = []
-    for name, kwargs in task.evaluators.items():
-        cls = EVALUATORS.get(name)
-        evaluators.append(cls(build_config(cls, {**evaluator_defaults(name), **kwargs}, "evaluator")))
+    evaluators = build_evaluators(task)
     device = resolve_device(str(cfg["device"]))
     dtype = resolve_dtype(str(cfg["model"].get("dtype", "auto")), device)
     sampler_node = dict(cfg["model"]["sampler"])
@@ -98,7 +95,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
 
     ctx = RunContext(seed=int(cfg["seed"]), device=device, dtype=dtype, run_dir=run_dir, generate=cache,
                      original_images=original_images, limit=cfg.get("limit"), cache_dir=cache.root.parent)
-    if any(e.needs_original for e in evaluators):
+    if any(e.needs_original for _, e, _ in evaluators):
         for items in task.splits.values():
             cache.paths(pipe, items)
 
@@ -113,8 +110,10 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
         t0 = time.time()
         pipe = method.erase(pipe, task, ctx)
         resolved = getattr(method, "resolved", None)  # settings a method derived from the task (e.g. "auto")
-        changed = save_erased(pipe, before, run_dir, {**method_meta, "method_hash": method_hash, "resolved": resolved,
-                                                      "erase_seconds": time.time() - t0})
+        extra = {"resolved": resolved, "erase_seconds": time.time() - t0}
+        if getattr(method, "diagnostics", None):  # per-step traces a method keeps for debugging (e.g. AdvAnchor)
+            extra["diagnostics"] = method.diagnostics
+        changed = save_erased(pipe, before, run_dir, {**method_meta, "method_hash": method_hash, **extra})
         log.info("%s changed %d tensors in %.1fs", method.name, len(changed), time.time() - t0)
 
     rows: list[dict[str, Any]] = []
@@ -126,17 +125,17 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
               # CPU results depend on the thread count (float reductions are split differently), so it is recorded.
               "device": f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device),
               "dtype": str(dtype).removeprefix("torch."), **versions()}
-    for ev in evaluators:
-        result = ev.evaluate(pipe, task, ctx)
+    for label, ev, splits in evaluators:
+        result = ev.evaluate(pipe, replace(task, splits={s: task.splits[s] for s in splits}) if splits else task, ctx)
         settings = json.dumps(ev.settings(), sort_keys=True, default=str)
         for split, metrics in result.items():
             for metric, value in metrics.items():
                 if metric not in ev.higher_is_better:
-                    raise ConfigError(f"evaluator '{ev.name}' returned undeclared metric '{metric}'")
+                    raise ConfigError(f"evaluator '{label}' returned undeclared metric '{metric}'")
                 score = value if isinstance(value, Score) else Score(float(value), len(task.splits.get(split, ())))
                 if not math.isfinite(score.value):
-                    log.warning("%s/%s/%s is not finite: %s", ev.name, split, metric, score.value)
-                rows.append({**common, "split": split, "evaluator": ev.name, "metric": metric, "value": score.value,
+                    log.warning("%s/%s/%s is not finite: %s", label, split, metric, score.value)
+                rows.append({**common, "split": split, "evaluator": label, "metric": metric, "value": score.value,
                              "n": score.n, "higher_is_better": ev.higher_is_better[metric],
                              "evaluator_settings": settings})
     for split, items in task.splits.items():
