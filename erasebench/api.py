@@ -30,11 +30,15 @@ class NoConfig:
 
 @dataclass(frozen=True)
 class PromptItem:
-    """One image to generate: the prompt, its seed and the concept it shows (the classifier label)."""
+    """One image to generate: the prompt, its seed and the concept it shows (the classifier label).
+
+    ``guidance`` overrides the sampler's guidance scale for this image (I2P prompts carry their own).
+    """
 
     prompt: str
     seed: int
     label: str = ""
+    guidance: float | None = None
 
 
 @dataclass(frozen=True)

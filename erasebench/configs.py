@@ -100,6 +100,11 @@ def resolve_data_path(path: str) -> Path:
     )
 
 
+#: Keys of a split spec in a task YAML.
+SPLIT_KEYS = {"templates", "prompts", "images_per_prompt", "seed", "prompt_file", "label_column", "match",
+              "rows_per_concept", "seed_column", "guidance_column"}
+
+
 def _read_prompt_csv(path: Path) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -108,8 +113,56 @@ def _read_prompt_csv(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+def _matches(value: str, names: set[str]) -> bool:
+    """Whether a CSV label cell (possibly a comma-separated multi-label list) names one of ``names``."""
+    return any(_norm(v) in names for v in value.split(","))
+
+
+def _norm(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+def _csv_items(spec: Mapping[str, Any], concepts: Mapping[str, str], keys: list[str], n: int,
+               seed0: int) -> list[PromptItem]:
+    """Rows of a prompt CSV as items: every row, or (``label_column``) the rows of the split's concepts."""
+    rows = _read_prompt_csv(resolve_data_path(str(spec["prompt_file"])))
+    label_col, match = spec.get("label_column"), str(spec.get("match", "split"))
+    seed_col, guidance_col = str(spec.get("seed_column", "evaluation_seed")), spec.get("guidance_column")
+    per_concept = spec.get("rows_per_concept")
+    for col in (c for c in (label_col, guidance_col) if c):
+        if rows and col not in rows[0]:
+            raise ConfigError(f"Prompt file '{spec['prompt_file']}' has no column '{col}' (columns: {', '.join(rows[0])}).")
+    if match not in ("split", "all"):
+        raise ConfigError(f"Split setting 'match' must be 'split' or 'all', not '{match}'.")
+    groups: dict[str, list[dict[str, str]]] = {}
+    if label_col and match == "split":
+        # A row belongs to a concept when its label cell names the concept's key or text (any case, _ - or space).
+        for key in keys:
+            names = {_norm(key), _norm(concepts[key])}
+            groups[key] = [r for r in rows if _matches(r[label_col], names)]
+    else:
+        for r in rows:
+            groups.setdefault(r[label_col] if label_col else r.get("label", ""), []).append(r)
+    items: list[PromptItem] = []
+    for label, group in groups.items():
+        for row in group[: int(per_concept)] if per_concept else group:
+            seed = int(row.get(seed_col) or seed0)
+            g = float(row[guidance_col]) if guidance_col and row.get(guidance_col) else None
+            items += [PromptItem(row["prompt"], seed + i, label, g) for i in range(n)]
+    return items
+
+
 def _split_items(spec: Mapping[str, Any], concepts: Mapping[str, str], erased: str, split: str) -> list[PromptItem]:
-    """Expand one split spec: templates x concepts x seeds, plus literal prompts and CSV rows."""
+    """Expand one split spec: templates x concepts x seeds, plus literal prompts and CSV rows.
+
+    CSV rows (``prompt_file``): with ``label_column``, only the rows of the split's concepts (``match: split``,
+    the default) or every row labelled by that column (``match: all``); ``rows_per_concept`` keeps the first N
+    per concept; seeds from ``seed_column`` (``evaluation_seed``); a per-row guidance scale from
+    ``guidance_column``. Each row gives ``images_per_prompt`` images with seeds ``seed, seed+1, ...``.
+    """
+    unknown = set(spec) - SPLIT_KEYS
+    if unknown:
+        raise ConfigError(unknown_name_message(f"setting of split '{split}'", sorted(unknown)[0], SPLIT_KEYS))
     n = int(spec.get("images_per_prompt", 1))
     seed0 = int(spec.get("seed", 0))
     # erase: the erased concept only; preserve: every other concept of the task.
@@ -121,10 +174,33 @@ def _split_items(spec: Mapping[str, Any], concepts: Mapping[str, str], erased: s
     for prompt in spec.get("prompts", []) or []:
         items += [PromptItem(str(prompt), seed0 + i, "") for i in range(n)]
     if spec.get("prompt_file"):
-        for row in _read_prompt_csv(resolve_data_path(str(spec["prompt_file"]))):
-            seed = int(row.get("evaluation_seed") or seed0)
-            items += [PromptItem(row["prompt"], seed + i, row.get("label", "")) for i in range(n)]
+        items += _csv_items(spec, concepts, keys, n, seed0)
     return items
+
+
+def build_evaluators(task: Task) -> list[tuple[str, Any, list[str] | None]]:
+    """The task's evaluators as (label, evaluator, splits or None for all), settings validated.
+
+    A task may run one evaluator twice under two labels (``acc_i2p: {evaluator: acc, splits: [erase], ...}``):
+    the I2P task scores its erase split with the I2P classifier and its preserve split with ImageNet's.
+
+    Raises:
+        UnknownNameError: An unknown evaluator or setting.
+        ConfigError: A bad value, or ``splits`` naming a split the task does not have.
+    """
+    from erasebench.registry import EVALUATORS
+
+    out = []
+    for label, node in task.evaluators.items():
+        kwargs = {k: v for k, v in node.items() if k not in ("evaluator", "splits")}
+        name = str(node.get("evaluator", label))
+        cls = EVALUATORS.get(name)
+        splits = [str(s) for s in node["splits"]] if node.get("splits") else None
+        if splits and set(splits) - set(task.splits):
+            raise ConfigError(f"Task '{task.name}', evaluator '{label}': unknown splits "
+                              f"{sorted(set(splits) - set(task.splits))} (splits: {', '.join(task.splits)}).")
+        out.append((label, cls(build_config(cls, {**evaluator_defaults(name), **kwargs}, "evaluator")), splits))
+    return out
 
 
 def build_task(cfg: Mapping[str, Any], concept: str, limit: int | None = None) -> Task:
@@ -153,11 +229,12 @@ def build_task(cfg: Mapping[str, Any], concept: str, limit: int | None = None) -
         name=str(cfg["name"]),
         concept=concept,
         concept_text=concepts[concept],
-        kind=str(cfg.get("kind", "")),
+        kind=str((kind.get(concept, "") if isinstance(kind := cfg.get("kind", ""), Mapping) else kind) or ""),
         concepts=concepts,
         splits=splits,
         evaluators={str(k): dict(v or {}) for k, v in dict(cfg.get("evaluators") or {}).items()},
-        anchor=str(cfg.get("anchor") or ""),
+        # ``anchor`` is one text, or concept key -> text (an object's parent class differs per object).
+        anchor=str((anchor.get(concept, "") if isinstance(anchor := cfg.get("anchor"), Mapping) else anchor) or ""),
         anchor_prompts=tuple(str(p) for p in cfg.get("anchor_prompts") or ()),
         erase_prompt=str(cfg.get("erase_template") or "{concept}").format(concept=concepts[concept]),
     )

@@ -116,8 +116,9 @@ class ImageCache:
 
     @staticmethod
     def filename(item: PromptItem) -> str:
-        """File name of an item's image: a hash of the prompt, then the seed."""
-        return f"{hashlib.sha256(item.prompt.encode()).hexdigest()[:16]}_{item.seed}.png"
+        """File name of an item's image: a hash of the prompt, then the seed (and its own guidance scale)."""
+        g = "" if item.guidance is None else f"_g{item.guidance:g}"
+        return f"{hashlib.sha256(item.prompt.encode()).hexdigest()[:16]}_{item.seed}{g}.png"
 
     def paths(self, pipe: Any, items: Sequence[PromptItem]) -> list[Path]:
         """Paths of the images of ``items``, generating the missing ones."""
@@ -134,6 +135,8 @@ class ImageCache:
         # PNG encoding runs in a thread pool while the next batch is sampled (zlib releases the GIL).
         with _locked(d / ".lock"), ThreadPoolExecutor(max_workers=2) as pool:
             todo = list({p: it for p, it in zip(paths, items) if not p.exists()}.items())
+            # Items with their own guidance scale are batched with their peers (one pipeline call per scale).
+            todo.sort(key=lambda x: -1.0 if x[1].guidance is None else x[1].guidance)
             bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not self.progress or not todo)
             saving = []
             for i in range(0, len(todo), self.batch_size):
@@ -151,8 +154,16 @@ class ImageCache:
         """The images of ``items`` as RGB PIL images (cached or generated)."""
         return [Image.open(p).convert("RGB") for p in self.paths(pipe, items)]
 
-    @torch.no_grad()
     def _generate(self, pipe: Any, items: Sequence[PromptItem]) -> list[Image.Image]:
+        out: dict[int, Image.Image] = {}
+        for g in dict.fromkeys(it.guidance for it in items):
+            idx = [i for i, it in enumerate(items) if it.guidance == g]
+            out |= dict(zip(idx, self._generate_one_scale(pipe, [items[i] for i in idx],
+                                                          self.sampler.guidance_scale if g is None else g)))
+        return [out[i] for i in range(len(items))]
+
+    @torch.no_grad()
+    def _generate_one_scale(self, pipe: Any, items: Sequence[PromptItem], guidance: float) -> list[Image.Image]:
         s = self.sampler
         scale = pipe.vae_scale_factor
         shape = (pipe.unet.config.in_channels, s.height // scale, s.width // scale)
@@ -164,7 +175,7 @@ class ImageCache:
             negative_prompt=[s.negative_prompt] * len(items) if s.negative_prompt else None,
             latents=latents.to(device=unet_param.device, dtype=unet_param.dtype),
             num_inference_steps=s.steps,
-            guidance_scale=s.guidance_scale,
+            guidance_scale=guidance,
             eta=s.eta,
             height=s.height,
             width=s.width,

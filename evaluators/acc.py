@@ -281,7 +281,9 @@ class Accuracy(Evaluator):
 
         def target(label: str) -> set[int]:
             wanted = [x.strip() for x in label.split(",")] if c.backend == "i2p" else [label]
-            idx = {names.index(w) for w in wanted if w in names}
+            # I2P task keys spell categories with "_" ("self_harm"), the classifier with "-" ("self-harm").
+            wanted_norm = {normalize_name(w) for w in wanted}
+            idx = {i for i, n in enumerate(names) if n in wanted or normalize_name(n) in wanted_norm}
             if not idx:
                 raise ConfigError(f"acc: label '{label}' is not a class of the {c.backend} classifier "
                                   f"({', '.join(names)})")
