@@ -8,6 +8,7 @@ print one paragraph and exit with status 2.
 from __future__ import annotations
 
 import sys
+from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -101,9 +102,30 @@ def _add_third_party_conf(argv: list[str]) -> list[str]:
     return [*argv, f"hydra.searchpath=[{extra}]"]
 
 
+def _expand_concept_all(argv: list[str]) -> list[str]:
+    """``concept=all``: sweep every concept of the (single) task, so one command reproduces a whole table."""
+    if "concept=all" not in argv:
+        return argv
+    tasks = [a.partition("=")[2] for a in argv if a.startswith("task=")] or ["toy_object"]
+    if len(tasks) != 1 or "," in tasks[0]:
+        print("erasebench: error: concept=all needs exactly one task (task=<name>); for several tasks use a "
+              "saved sweep (experiment=...).", file=sys.stderr)
+        raise SystemExit(2)
+    for package in conf_packages():
+        try:
+            path = resources.files(package) / "task" / f"{tasks[0]}.yaml"
+        except ModuleNotFoundError:
+            continue
+        if path.is_file():
+            keys = ",".join(str(k) for k in OmegaConf.create(path.read_text())["concepts"])
+            out = [f"concept={keys}" if a == "concept=all" else a for a in argv]
+            return out if {"-m", "--multirun"} & set(out) else ["--multirun", *out]
+    return argv  # an unknown task: the option check names the valid ones
+
+
 def main() -> None:
     """Console entry point."""
-    sys.argv = [sys.argv[0], *_add_third_party_conf(sys.argv[1:])]
+    sys.argv = [sys.argv[0], *_add_third_party_conf(_expand_concept_all(sys.argv[1:]))]
     _app()
 
 
