@@ -5,7 +5,14 @@ Writes into ``<runs dir>/report/`` (or ``--out``):
     ``summary.csv``: mean, std and seed count per (model, task, concept, method, evaluator, split, metric);
     ``table.md`` / ``table.tex``: methods as rows, ``evaluator/split/metric`` as columns, mean ± std over
     seeds, the best value of each column in bold (by ``higher_is_better``); LaTeX via pandas'
-    ``Styler.to_latex`` with booktabs rules.
+    ``Styler.to_latex`` with booktabs rules;
+    ``paper_<model>_<task>.tex``: the AdvAnchor paper's table layout (concepts x methods, "FID/ACC/LPIPS" per
+    split, an Avg row; :mod:`erasebench.paper`), for each (model, task) with FID, ACC or LPIPS rows;
+    ``nudenet_<model>_<task>.csv`` / ``.tex`` / ``.png``: NudeNet detections per class and method (the
+    paper's Figure 8), where ``count_*`` rows exist;
+    ``tradeoff.png``: erase ACC against preserve ACC per (task, method), where ACC rows exist;
+    ``grids/``: image grids (:mod:`erasebench.grids`);
+    ``index.html``: one self-contained page with all of the above (:mod:`erasebench.figures`).
 Rows that share a key but differ in a setting that changes the number (sampler, evaluator settings,
 image limit, ...) are refused rather than averaged together.
 """
@@ -13,13 +20,18 @@ image limit, ...) are refused rather than averaged together.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from erasebench.errors import ErasebenchError
 from erasebench.results import KEY, SETTINGS, atomic_write_text
+
+if TYPE_CHECKING:
+    from erasebench.figures import Html, Section
 
 GROUP = ["model", "task", "concept", "method", "evaluator", "split", "metric"]
 BLOCK = ["model", "task", "concept"]  # methods are compared within a block
@@ -72,7 +84,8 @@ def pivot(summary: pd.DataFrame, decimals: int = 3) -> tuple[pd.DataFrame, pd.Da
     hib = s.drop_duplicates("column").set_index("column")["higher_is_better"].astype(str).str.lower() == "true"
     order = [(*b, m) for b in dict.fromkeys(map(tuple, s[BLOCK].values)) for m in _ordered_methods(s["method"])
              if (*b, m) in text.index]
-    text, means = text.loc[order], means.loc[order]
+    # A block without some column (e.g. no preserve split) has no cell there; "--" rather than NaN in the tables.
+    text, means = text.loc[order].fillna("--"), means.loc[order]
     best = pd.DataFrame(False, index=means.index, columns=means.columns)
     for _, block in means.groupby(level=BLOCK, sort=False):
         for col in means.columns:
@@ -109,6 +122,7 @@ def to_latex(text: pd.DataFrame, best: pd.DataFrame) -> str:
 
 def report(runs_dir: Path, out: Path | None = None, decimals: int = 3, grids: bool = True) -> dict[str, Path]:
     """Collect, summarise and write every table (and image grids); return the written paths by kind."""
+    from erasebench.figures import table_html
     from erasebench.grids import make_grids
 
     out = Path(out) if out else Path(runs_dir) / "report"
@@ -124,6 +138,36 @@ def report(runs_dir: Path, out: Path | None = None, decimals: int = 3, grids: bo
     if grids:
         for path in make_grids(df, out / "grids"):
             paths[f"grid {path.stem.removeprefix('grid_')}"] = path
+    paths.update(paper_outputs(df, summary, out, table_html(text, best)))
+    return paths
+
+
+def paper_outputs(df: pd.DataFrame, summary: pd.DataFrame, out: Path, summary_html: Html) -> dict[str, Path]:
+    """Write the paper tables, NudeNet tables and bars, the trade-off scatter and ``index.html``."""
+    # Imported here: both modules import this one (and matplotlib is slow to import for the CLI's --help).
+    from erasebench.figures import Html, html_page, nudenet_bars, tradeoff_scatter
+    from erasebench.paper import nudenet_table, paper_blocks, paper_html, paper_table
+
+    paths: dict[str, Path] = {}
+    sections: list[Section] = [("Summary (mean ± std over seeds)", [summary_html])]
+    for model, task in dict.fromkeys(zip(summary["model"], summary["task"], strict=True)):
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{model}_{task}")  # names come from configs; keep paths plain
+        if (model, task) in paper_blocks(summary):
+            tex = paper_table(summary, model, task, long=df)
+            atomic_write_text(path := out / f"paper_{name}.tex", tex)
+            paths[f"paper {model} {task}"] = path
+            sections.append((f"Paper table: {model} / {task}", [Html(paper_html(summary, model, task)), tex]))
+        table, tex = nudenet_table(summary, model, task)
+        if len(table):
+            atomic_write_text(csv := out / f"nudenet_{name}.csv", table.to_csv())
+            atomic_write_text(tex_path := out / f"nudenet_{name}.tex", tex)
+            png = nudenet_bars(table, out / f"nudenet_{name}.png")
+            paths.update({f"nudenet {model} {task} {p.suffix[1:]}": p for p in (csv, tex_path, png)})
+            sections.append((f"NudeNet detections: {model} / {task}", [table, png, tex]))
+    if scatter := tradeoff_scatter(summary, out / "tradeoff.png"):
+        paths["tradeoff"] = scatter
+        sections.append(("Erase vs preserve ACC", [scatter]))
+    paths["html"] = html_page(out, f"erasebench report: {out}", sections)
     return paths
 
 
