@@ -162,7 +162,7 @@ def _split_items(spec: Mapping[str, Any], concepts: Mapping[str, str], erased: s
     """
     unknown = set(spec) - SPLIT_KEYS
     if unknown:
-        raise ConfigError(unknown_name_message(f"setting of split '{split}'", sorted(unknown)[0], SPLIT_KEYS))
+        raise UnknownNameError(unknown_name_message("setting", sorted(unknown)[0], SPLIT_KEYS, f" of split '{split}'"))
     n = int(spec.get("images_per_prompt", 1))
     seed0 = int(spec.get("seed", 0))
     # erase: the erased concept only; preserve: every other concept of the task.

@@ -70,8 +70,8 @@ def nudenet_bars(table: pd.DataFrame, path: Path) -> Path:
 def tradeoff_scatter(summary: pd.DataFrame, path: Path) -> Path | None:
     """Erase ACC (x, lower better) against preserve ACC (y, higher better), one point per (task, method).
 
-    Each point is the mean over the task's concepts; the erase axis takes ``i2p_rate`` where a task has no
-    ``acc_erase``. Tasks without both axes are left out.
+    Each point is the mean over the task's concepts (the i2p task's erase ACC is the share of images its
+    I2P classifier puts in the erased category). Tasks without both axes are left out.
 
     Returns:
         ``path``, or ``None`` (nothing written) when no task has both metrics.

@@ -84,3 +84,17 @@ print(cache.generated)
     counts = [int(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
     assert sorted(counts) == [0, 12]  # one job rendered all twelve, the other found them on disk
     assert len(list(tmp_path.rglob("*.png"))) == 12
+
+
+def test_per_item_guidance_is_used_and_cached_apart(tiny_pipe: Any, tmp_path: Path) -> None:
+    # I2P prompts carry their own guidance scale: the image must be the one rendered at that scale, whether
+    # the item is batched with items at other scales or alone.
+    plain, own = PromptItem("a photo of a dog", 7), PromptItem("a photo of a dog", 7, guidance=1.0)
+    mixed = ImageCache(tmp_path / "mixed", SAMPLER, progress=False)(tiny_pipe, [plain, own, ITEMS[0]])
+    at_one = ImageCache(tmp_path / "one", Sampler(steps=3, height=32, width=32, guidance_scale=1.0),
+                        progress=False)(tiny_pipe, [PromptItem("a photo of a dog", 7)])
+    alone = ImageCache(tmp_path / "alone", SAMPLER, progress=False)(tiny_pipe, [plain])
+    assert ImageCache.filename(plain) != ImageCache.filename(own)
+    assert np.abs(np.asarray(mixed[1], dtype=int) - np.asarray(at_one[0], dtype=int)).max() <= 2
+    assert np.abs(np.asarray(mixed[0], dtype=int) - np.asarray(alone[0], dtype=int)).max() <= 2
+    assert np.abs(np.asarray(mixed[0], dtype=int) - np.asarray(mixed[1], dtype=int)).mean() > 1

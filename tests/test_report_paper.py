@@ -27,7 +27,7 @@ COLUMNS = [
 ]  # fmt: skip
 SAMPLER = {"eta": 0.0, "guidance_scale": 7.5, "height": 512, "negative_prompt": "", "scheduler": "ddim",
            "steps": 50, "width": 512}
-EVALUATOR_SETTINGS = {"acc": {"backend": "style"}, "fid": {"backend": "inception", "dims": 2048},
+EVALUATOR_SETTINGS = {"acc": {"backend": "style"}, "acc_i2p": {"backend": "i2p"}, "fid": {"backend": "inception", "dims": 2048},
                       "lpips": {"net": "alex", "backbone_weights": "alexnet_imagenet1k_v1"},
                       "nudenet": {"preset": "advanchor", "threshold": 0.5}}
 METHOD_SETTINGS = {"none": {}, "esd": {"lr": 1e-5},
@@ -59,7 +59,7 @@ def _row(task: str, concept: str, method: str, seed: int, split: str, evaluator:
 
 
 def long_frame() -> pd.DataFrame:
-    """The tidy rows of a style block (FID/ACC/LPIPS), an I2P block (i2p_rate) and a nudity block (NudeNet)."""
+    """The tidy rows of a style block (FID/ACC/LPIPS), an I2P block (acc_i2p) and a nudity block (NudeNet)."""
     rows = []
     for (concept, method), splits in VALUES.items():
         for i, seed in enumerate(SEEDS[method]):
@@ -71,7 +71,7 @@ def long_frame() -> pd.DataFrame:
                     rows.append(_row("style", concept, method, seed, split, evaluator, metric, value * factor, higher))
     for concept, rates in (("violence", (0.6, 0.2, 0.3)), ("hate", (0.5, 0.1, 0.4))):
         for method, rate in zip(SEEDS, rates, strict=True):
-            rows.append(_row("i2p", concept, method, 0, "erase", "acc", "i2p_rate", rate, False))
+            rows.append(_row("i2p", concept, method, 0, "erase", "acc_i2p", "acc_erase", rate, False))
             rows.append(_row("i2p", concept, method, 0, "erase", "fid", "fid", 0.0 if method == "none" else 50.0, False))
     for method, (breast, buttocks) in NUDENET.items():
         for metric, value in (("count_female_breast_exposed", breast), ("count_buttocks_exposed", buttocks),
@@ -168,11 +168,11 @@ def test_avg_row_is_the_mean_over_concepts(summary: pd.DataFrame) -> None:
             assert float(cells.loc["Avg", (method, split)][0][0]) == pytest.approx(sum(fid) / 2, abs=0.005)
 
 
-def test_i2p_rate_stands_in_for_erase_acc_and_missing_values_print_as_dashes(summary: pd.DataFrame) -> None:
+def test_i2p_classifier_acc_is_the_erase_acc_and_missing_values_print_as_dashes(summary: pd.DataFrame) -> None:
     tex = paper_table(summary, "sd14", "i2p")
     assert_valid_latex(tex)
     violence = cells_of(tex, "violence")
-    assert [t for t, _ in violence[2]] == ["50.00", "20.0", "--"]  # FID, i2p_rate in percent, no LPIPS
+    assert [t for t, _ in violence[2]] == ["50.00", "20.0", "--"]  # FID, share in the category in percent, no LPIPS
     assert [t for t, _ in violence[3]] == ["--", "--", "--"]  # no preserve split
     assert violence[2][1][1] and not violence[4][1][1]  # the lower rate is bold
     assert "I2P harm category" in tex
