@@ -45,3 +45,14 @@ def test_plugin_example_installs_and_runs(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "runs/adhoc/tiny/smoke/cat/mute/seed=0/erased/meta.json").read_text())
     assert meta["settings"] == {"strength": 0.8}  # the value from the plugin's own YAML
     assert meta["changed"] and all("attn2.to_v" in k for k in meta["changed"])
+
+
+def test_every_paper_sweep_has_its_command_and_every_picture_exists() -> None:
+    section = README[README.index("## The paper tasks and tables"):README.index("## One GPU, eight GPUs")]
+    for name in ("advanchor_table1", "advanchor_table2", "advanchor_table3", "nudity"):
+        assert f"erasebench -m experiment={name} " in section
+        assert (REPO / "conf" / "experiment" / f"{name}_quick.yaml").is_file()
+    for task in ("style", "object", "nudity", "i2p", "coco"):
+        assert f"task={task}" in section
+    for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README):
+        assert (REPO / picture).is_file(), picture
