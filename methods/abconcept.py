@@ -39,7 +39,7 @@ Deviations:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -122,6 +122,7 @@ class AbConcept(Method):
             weight_decay: AdamW weight decay.
             clip_grad: Gradient-norm clip.
             anchor: Anchor concept text; empty = the task's anchor, else a default per kind.
+            anchor_prompts: Anchor captions (``{anchor}`` is filled in); empty = the task's, else a default per kind.
         """
 
         variant: str = "model"
@@ -137,6 +138,7 @@ class AbConcept(Method):
         weight_decay: float = 1e-2
         clip_grad: float = 1.0
         anchor: str = ""
+        anchor_prompts: list[str] = field(default_factory=list)
 
         def __post_init__(self) -> None:
             check_choice("variant", self.variant, ("model", "noise"))
@@ -157,7 +159,8 @@ class AbConcept(Method):
 
     @torch.no_grad()
     def _anchor_latents(self, pipe: Any, task: Task, run: RunContext, anchor: str) -> tuple[torch.Tensor, list[str]]:
-        templates = list(task.anchor_prompts) or DEFAULT_ANCHOR_PROMPTS.get(task.kind, DEFAULT_ANCHOR_PROMPTS["object"])
+        templates = (list(self.config.anchor_prompts) or list(task.anchor_prompts)
+                     or DEFAULT_ANCHOR_PROMPTS.get(task.kind, DEFAULT_ANCHOR_PROMPTS["object"]))
         captions = [templates[i % len(templates)].format(anchor=anchor) for i in range(self.config.num_anchor_images)]
         # Rendered by the original model through the shared cache, before any weight changes.
         images = run.generate(pipe, [PromptItem(p, seed=10_000 + i, label="anchor") for i, p in enumerate(captions)])
