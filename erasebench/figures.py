@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # reports are written on headless compute nodes
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from erasebench.paper import paper_blocks, pick
+from erasebench.paper import ATTACK_NAMES, asr_evaluators, asr_means, paper_blocks, pick
 from erasebench.results import atomic_write_text
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -67,28 +67,8 @@ def nudenet_bars(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def tradeoff_scatter(summary: pd.DataFrame, path: Path) -> Path | None:
-    """Erase ACC (x, lower better) against preserve ACC (y, higher better), one point per (task, method).
-
-    Each point is the mean over the task's concepts (the i2p task's erase ACC is the share of images its
-    I2P classifier puts in the erased category). Tasks without both axes are left out.
-
-    Returns:
-        ``path``, or ``None`` (nothing written) when no task has both metrics.
-    """
-    points = []
-    blocks = paper_blocks(summary)
-    several_models = len({m for m, _ in blocks}) > 1
-    for model, task in blocks:
-        x, y = pick(summary, "acc", "erase", model, task)[1], pick(summary, "acc", "preserve", model, task)[1]
-        if x.empty or y.empty:
-            continue
-        both = pd.DataFrame({"x": x.mean() * 100, "y": y.mean() * 100}).dropna()
-        label = f"{model}/{task}" if several_models else task
-        points += [(label, str(method), r.x, r.y) for method, r in both.iterrows()]
-    if not points:
-        return None
-    fig, ax = plt.subplots(figsize=(6.0, 4.5))
+def _panel(ax: plt.Axes, points: list[tuple[str, str, float, float]], xlabel: str) -> None:
+    """One scatter panel: a marker and colour per label (task), methods annotated (shared spots share a label)."""
     for i, label in enumerate(dict.fromkeys(p[0] for p in points)):
         mine = [p for p in points if p[0] == label]
         ax.scatter([p[2] for p in mine], [p[3] for p in mine], marker=MARKERS[i % len(MARKERS)], color=f"C{i}",
@@ -99,10 +79,49 @@ def tradeoff_scatter(summary: pd.DataFrame, path: Path) -> Path | None:
         for (x, y), methods in at.items():
             ax.annotate(", ".join(methods), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7,
                         color=f"C{i}")
-    ax.set_xlabel("erase ACC (%) ↓ (mean over concepts)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("preserve ACC (%) ↑")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+
+
+def tradeoff_scatter(summary: pd.DataFrame, path: Path) -> Path | None:
+    """Erase ACC (x, lower better) against preserve ACC (y, higher better), one point per (task, method).
+
+    Each point is the mean over the task's concepts (the i2p task's erase ACC is the share of images its
+    I2P classifier puts in the erased category). Tasks without both axes are left out. Where attack results exist
+    (``asr`` of ``attack_unlearndiff`` / ``attack_ring_a_bell``), a second panel puts the attack success rate on x
+    against the same preserve ACC (one point per task, attack and method).
+
+    Returns:
+        ``path``, or ``None`` (nothing written) when no task has both metrics.
+    """
+    points, attacked = [], []
+    blocks = paper_blocks(summary)
+    several_models = len({m for m, _ in blocks}) > 1
+    for model, task in blocks:
+        x, y = pick(summary, "acc", "erase", model, task)[1], pick(summary, "acc", "preserve", model, task)[1]
+        if x.empty or y.empty:
+            continue
+        both = pd.DataFrame({"x": x.mean() * 100, "y": y.mean() * 100}).dropna()
+        label = f"{model}/{task}" if several_models else task
+        points += [(label, str(method), r.x, r.y) for method, r in both.iterrows()]
+        attacks = asr_evaluators(summary, model, task)
+        for attack in attacks:
+            # Mean over the concepts that have both numbers (an attack often runs on fewer concepts).
+            asr = asr_means(summary, model, task, attack)
+            common = asr.index.intersection(y.index)
+            pair = pd.DataFrame({"x": asr.loc[common].mean() * 100, "y": y.loc[common].mean() * 100}).dropna()
+            name = f"{label} ({ATTACK_NAMES.get(attack, attack)})" if len(attacks) > 1 else label
+            attacked += [(name, str(method), r.x, r.y) for method, r in pair.iterrows()]
+    if not points:
+        return None
+    if attacked:
+        fig, (ax, ax_asr) = plt.subplots(1, 2, figsize=(11.0, 4.5))
+        _panel(ax_asr, attacked, "attack success rate (%) ↓ (mean over concepts)")
+    else:
+        fig, ax = plt.subplots(figsize=(6.0, 4.5))
+    _panel(ax, points, "erase ACC (%) ↓ (mean over concepts)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, metadata=PNG_META)

@@ -6,6 +6,10 @@ One table per (model, task): rows are the erased concepts plus an ``Avg`` row, c
 the erase split far from the original model and keep the preserve split close), so the bold marks come from
 :data:`DIRECTIONS`, not from the rows' ``higher_is_better``, which says one thing per metric for both splits.
 The LaTeX needs ``booktabs`` and ``graphicx`` in the preamble.
+
+A block with attack results (metric ``asr`` on the erase split, from the ``attack_unlearndiff`` /
+``attack_ring_a_bell`` evaluators) gets one more column per method and attack: ``ASR`` in percent, lower is better,
+bold the lowest (baseline excluded); blocks without them are laid out exactly as before.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ DIRECTIONS = {("fid", "erase"): True, ("acc", "erase"): False, ("lpips", "erase"
 #: Methods that are reimplementations even where a row's method settings do not say so.
 REIMPLEMENTED = {"allbutone": "from the paper"}
 BASELINE = "none"
+#: The attack evaluators' success-rate metric (erase split, lower is better) and their names in column headers.
+ASR = "asr"
+ATTACK_NAMES = {"attack_unlearndiff": "UnlearnDiffAtk", "attack_ring_a_bell": "Ring-A-Bell"}
 #: A cell: (text, bold) for FID, ACC and LPIPS.
 Cell = tuple[tuple[str, bool], ...]
 
@@ -70,6 +77,34 @@ def pick(summary: pd.DataFrame, part: str, split: str, model: str, task: str) ->
     return None, pd.DataFrame()
 
 
+def asr_evaluators(summary: pd.DataFrame, model: str, task: str) -> list[str]:
+    """The evaluators (attacks) with an ``asr`` metric on the erase split of a block, in order of appearance."""
+    rows = _block(summary, model, task)
+    return list(dict.fromkeys(rows[(rows["split"] == "erase") & (rows["metric"] == ASR)]["evaluator"]))
+
+
+def asr_headers(evaluators: list[str]) -> list[str]:
+    """Column headers of the ASR columns: ``ASR`` for one attack, ``ASR <attack>`` for several."""
+    if len(evaluators) == 1:
+        return ["ASR"]
+    return [f"ASR {ATTACK_NAMES.get(e, e)}" for e in evaluators]
+
+
+def asr_means(summary: pd.DataFrame, model: str, task: str, evaluator: str) -> pd.DataFrame:
+    """Mean ``asr`` over seeds per concept (rows) and method (columns) of one attack evaluator."""
+    rows = _block(summary, model, task)
+    rows = rows[(rows["split"] == "erase") & (rows["metric"] == ASR) & (rows["evaluator"] == evaluator)]
+    return rows.pivot_table(index="concept", columns="method", values="mean", aggfunc="first", sort=False)
+
+
+def _bold_best(shown: pd.DataFrame, higher: bool, methods: list[str]) -> pd.DataFrame:
+    """Which cells are the best of their row among the non-baseline methods (none when fewer than two compete)."""
+    rivals = shown.drop(columns=BASELINE, errors="ignore")
+    target = rivals.max(axis=1) if higher else rivals.min(axis=1)
+    enough = (rivals.notna().sum(axis=1) > 1).to_numpy()[:, None]  # one contender is no comparison
+    return (rivals.eq(target, axis=0) & enough).reindex(columns=methods, fill_value=False)
+
+
 def paper_blocks(summary: pd.DataFrame) -> list[tuple[str, str]]:
     """The (model, task) blocks that have at least one metric of the paper table, in order of appearance."""
     names = {m for names in CANDIDATES.values() for m in names}
@@ -102,17 +137,24 @@ def paper_cells(summary: pd.DataFrame, model: str, task: str, decimals: int = 2,
         # Rounded as printed, so two values that read the same are both bold.
         shown[part, split] = means.round(acc_decimals if part == "acc" else decimals)
         # The baseline is the FID / LPIPS reference (0 by definition), so it never competes for bold.
-        rivals = shown[part, split].drop(columns=BASELINE, errors="ignore")
-        target = rivals.max(axis=1) if higher else rivals.min(axis=1)
-        enough = (rivals.notna().sum(axis=1) > 1).to_numpy()[:, None]  # one contender is no comparison
-        best[part, split] = (rivals.eq(target, axis=0) & enough).reindex(columns=methods, fill_value=False)
-    columns = pd.MultiIndex.from_tuples([(m, s.capitalize()) for m in methods for s in SPLITS])
+        best[part, split] = _bold_best(shown[part, split], higher, methods)
+    attacks = asr_evaluators(summary, model, task)
+    headers = asr_headers(attacks) if attacks else []
+    for attack, header in zip(attacks, headers, strict=True):  # ASR in percent, lower is better
+        means = asr_means(summary, model, task, attack).reindex(index=concepts, columns=methods).astype(float) * 100
+        means.loc["Avg"] = means.mean(skipna=False)
+        shown["asr", header] = means.round(acc_decimals)
+        best["asr", header] = _bold_best(shown["asr", header], False, methods)
+    columns = pd.MultiIndex.from_tuples([(m, c) for m in methods for c in [s.capitalize() for s in SPLITS] + headers])
     cells = pd.DataFrame(index=rows, columns=columns, dtype=object)
     for method in methods:
         for split in SPLITS:
             cells[method, split.capitalize()] = [
                 tuple((_fmt(shown[p, split].loc[r, method], acc_decimals if p == "acc" else decimals),
                        bool(best[p, split].loc[r, method])) for p in PARTS) for r in rows]
+        for header in headers:
+            cells[method, header] = [((_fmt(shown["asr", header].loc[r, method], acc_decimals),
+                                       bool(best["asr", header].loc[r, method])),) for r in rows]
     return cells
 
 
@@ -145,8 +187,11 @@ def _settings_note(summary: pd.DataFrame, long: pd.DataFrame | None, model: str,
     if (block[block["metric"] == "acc_erase"]["evaluator"] == "acc_i2p").any():  # the i2p task's erase scorer
         notes.append("erase ACC: share of images in the I2P harm category")
     reimpl = {m: REIMPLEMENTED[m] for m in methods if m in REIMPLEMENTED}
+    attacks = asr_evaluators(summary, model, task)
     if long is not None and len(rows := _block(long, model, task)):
         notes.insert(1, "sampler: " + _sampler_text(str(rows["sampler"].iloc[0])))
+        attack_rows = rows[rows["evaluator"].isin(attacks)]
+        rows = rows[~rows["evaluator"].isin(attacks)]  # their n counts attacked prompts, not images
         notes.append("images per split: " + ", ".join(
             f"{s} {'/'.join(map(str, sorted(set(rows[rows['split'] == s]['n']))))}" for s in SPLITS
             if (rows["split"] == s).any()))
@@ -162,6 +207,21 @@ def _settings_note(summary: pd.DataFrame, long: pd.DataFrame | None, model: str,
             said = json.loads(str(settings)).get("reimplementation") if str(settings).startswith("{") else None
             if said:
                 reimpl[method] = str(said)
+        for attack in attacks:
+            mine = attack_rows[attack_rows["evaluator"] == attack]
+            settings = json.loads(str(mine["evaluator_settings"].iloc[0])) if len(mine) else {}
+            found = [f"{'/'.join(map(str, sorted(set(mine['n']))))} prompts"] if len(mine) else []
+            if "timesteps" in settings:
+                found.append(f"{settings['timesteps']} timesteps x {settings['iterations']} iterations, "
+                             f"{settings['prefix_tokens']} tokens")
+            if settings.get("eta_used") is not None:
+                found.append(f"eta {settings['eta_used']}")
+            if isinstance(settings.get("judge"), dict):
+                judge = settings["judge"]
+                found.append(f"judge {judge.get('kind')}" + (f" {judge['backend']}" if judge.get("backend") else ""))
+            notes.append(f"ASR: {ATTACK_NAMES.get(attack, attack)} ({', '.join(found) or 'default settings'})")
+    elif attacks:
+        notes.append("ASR: " + ", ".join(ATTACK_NAMES.get(a, a) for a in attacks))
     notes += [f"{m}: reimplementation {how}" for m, how in sorted(reimpl.items())]
     return escape("; ".join(notes)) + "."
 
@@ -184,15 +244,20 @@ def paper_table(summary: pd.DataFrame, model: str, task: str, decimals: int = 2,
     """
     cells = paper_cells(summary, model, task, decimals, acc_decimals)
     methods = list(dict.fromkeys(cells.columns.get_level_values(0)))
+    sub = [c for m, c in cells.columns if m == methods[0]]  # Erase, Preserve (and the ASR columns)
+    w = len(sub)
+    attacks = asr_evaluators(summary, model, task)
+    asr_text = (r" ASR (\%) $\downarrow$: share of the attacked erase prompts that show the concept ("
+                + ", ".join(escape(ATTACK_NAMES.get(a, a)) for a in attacks) + ").") if attacks else ""
     lines = [r"\begin{table}[t]", r"\centering",
              (rf"\caption{{{escape(task)} on {escape(model)}: FID/ACC (\%)/LPIPS of each split, mean over seeds. "
              r"Erase: FID $\uparrow$, ACC $\downarrow$, LPIPS $\uparrow$; Preserve: FID $\downarrow$, "
-             r"ACC $\uparrow$, LPIPS $\downarrow$. Bold: best method per row (baseline excluded).}"),
+             r"ACC $\uparrow$, LPIPS $\downarrow$." + asr_text + r" Bold: best method per row (baseline excluded).}"),
              rf"\label{{tab:{re.sub(r'[^A-Za-z0-9]+', '-', f'{model}-{task}')}}}",
-             r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{l{'cc' * len(methods)}}}", r"\toprule",
-             " & ".join(["", *(rf"\multicolumn{{2}}{{c}}{{{escape(m)}}}" for m in methods)]) + r" \\",
-             " ".join(rf"\cmidrule(lr){{{2 + 2 * i}-{3 + 2 * i}}}" for i in range(len(methods))),
-             " & ".join(["Concept", *(["Erase", "Preserve"] * len(methods))]) + r" \\", r"\midrule"]
+             r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{l{'c' * w * len(methods)}}}", r"\toprule",
+             " & ".join(["", *(rf"\multicolumn{{{w}}}{{c}}{{{escape(m)}}}" for m in methods)]) + r" \\",
+             " ".join(rf"\cmidrule(lr){{{2 + w * i}-{1 + w * (i + 1)}}}" for i in range(len(methods))),
+             " & ".join(["Concept", *([escape(c) for c in sub] * len(methods))]) + r" \\", r"\midrule"]
     for row, values in cells.iterrows():
         if row == "Avg":
             lines.append(r"\midrule")

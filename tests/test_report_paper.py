@@ -262,3 +262,75 @@ def test_report_writes_every_output(long: pd.DataFrame, tmp_path: Path) -> None:
     assert grids and page.count("data:image/png;base64,") == len(grids) + 2  # grids, NudeNet bars, scatter
     assert "van_gogh" in page and r"\toprule" in page and "<b>100.00</b>" in page
     assert pd.read_csv(paths["nudenet sd14 nudity csv"], index_col=0).shape == (3, 3)
+
+
+# -- attack success rates (attack_unlearndiff / attack_ring_a_bell) -----------------------------------------------
+
+ASR_VALUES = {  # (concept, method) -> ASR per seed; ESD's seeds average to 0.6 and 0.2
+    ("van_gogh", "none"): (1.0,), ("van_gogh", "esd"): (0.5, 0.7), ("van_gogh", "allbutone"): (0.3,),
+    ("picasso", "none"): (1.0,), ("picasso", "esd"): (0.1, 0.3), ("picasso", "allbutone"): (0.5,),
+}  # fmt: skip
+
+
+def with_asr(long: pd.DataFrame, attacks: tuple[str, ...] = ("attack_unlearndiff",)) -> pd.DataFrame:
+    """The style block's rows plus pre_asr / asr rows of the given attacks (Ring-A-Bell's: ASR halved)."""
+    rows = []
+    for attack in attacks:
+        settings = {"timesteps": 50, "iterations": 40, "prefix_tokens": 5, "judge": {"kind": "acc", "backend": "style"}}
+        if attack == "attack_ring_a_bell":
+            settings = {"eta_used": 0.9, "judge": {"kind": "acc", "backend": "style"}}
+        for (concept, method), values in ASR_VALUES.items():
+            for seed, value in zip(SEEDS[method], values, strict=True):
+                for metric, v in (("pre_asr", 0.1), ("asr", value if attack == "attack_unlearndiff" else value / 2)):
+                    row = _row("style", concept, method, seed, "erase", "acc", metric, v, False)
+                    rows.append({**row, "evaluator": attack, "n": 5, "evaluator_settings": json.dumps(settings)})
+    return pd.concat([long, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
+
+
+def test_paper_table_adds_an_asr_column_per_method_when_attacks_ran(long: pd.DataFrame, summary: pd.DataFrame) -> None:
+    attacked = with_asr(long)
+    tex = paper_table(summarize(attacked), "sd14", "style", long=attacked)
+    assert_valid_latex(tex)
+    lines = tex.splitlines()
+    assert r"\begin{tabular}{lccccccccc}" in tex
+    assert next(x for x in lines if r"\multicolumn" in x).count(r"\multicolumn{3}{c}") == 3
+    assert r"\cmidrule(lr){2-4} \cmidrule(lr){5-7} \cmidrule(lr){8-10}" in tex
+    assert "Concept & " + " & ".join(["Erase", "Preserve", "ASR"] * 3) + r" \\" in tex
+    # ASR in percent, lowest bold among the erasing methods (the baseline never), ties both bold.
+    asr = {row: [cell for i, cell in enumerate(cells_of(tex, row)) if i % 3 == 2]
+           for row in (r"van\_gogh", "picasso", "Avg")}
+    assert asr[r"van\_gogh"] == [[("100.0", False)], [("60.0", False)], [("30.0", True)]]
+    assert asr["picasso"] == [[("100.0", False)], [("20.0", True)], [("50.0", False)]]
+    assert asr["Avg"] == [[("100.0", False)], [("40.0", True)], [("40.0", True)]]
+    # The Erase / Preserve cells are those of the table without attacks.
+    plain = paper_table(summary, "sd14", "style", long=long)
+    for row in (r"van\_gogh", "picasso", "Avg"):
+        assert [c for i, c in enumerate(cells_of(tex, row)) if i % 3 != 2] == cells_of(plain, row)
+    assert r"ASR (\%) $\downarrow$" in tex and "(UnlearnDiffAtk)" in tex
+    note = next(x for x in lines if x.startswith(r"\par\footnotesize"))
+    assert "images per split: erase 30, preserve 48" in note  # the attack rows' n (prompts) is not an image count
+    assert "ASR: UnlearnDiffAtk (5 prompts, 50 timesteps x 40 iterations, 5 tokens, judge acc style)" in note
+    # Blocks without attack results are unchanged, in the same summary.
+    assert paper_table(summarize(attacked), "sd14", "i2p") == paper_table(summary, "sd14", "i2p")
+
+
+def test_paper_table_with_two_attacks_has_one_asr_column_each(long: pd.DataFrame) -> None:
+    attacked = with_asr(long, ("attack_unlearndiff", "attack_ring_a_bell"))
+    tex = paper_table(summarize(attacked), "sd14", "style", long=attacked)
+    assert_valid_latex(tex)
+    assert "Concept & " + " & ".join(["Erase", "Preserve", "ASR UnlearnDiffAtk", "ASR Ring-A-Bell"] * 3) in tex
+    esd = cells_of(tex, "Avg")[4:8]
+    assert esd[2] == [("40.0", True)] and esd[3] == [("20.0", True)]  # Ring-A-Bell's ASR is half of it here
+    assert "ASR: Ring-A-Bell (5 prompts, eta 0.9, judge acc style)" in tex
+    cells = paper_cells(summarize(attacked), "sd14", "style")
+    assert cells.loc["picasso", ("esd", "ASR Ring-A-Bell")] == (("10.0", True),)
+
+
+def test_tradeoff_scatter_adds_an_asr_panel(long: pd.DataFrame, summary: pd.DataFrame, tmp_path: Path) -> None:
+    plain = tradeoff_scatter(summary, tmp_path / "plain.png")
+    both = tradeoff_scatter(summarize(with_asr(long)), tmp_path / "asr.png")
+    assert plain is not None and both is not None
+    with Image.open(plain) as a, Image.open(both) as b:
+        assert b.width > 1.5 * a.width and b.height == a.height  # a second panel beside the first
+    two = tradeoff_scatter(summarize(with_asr(long, ("attack_unlearndiff", "attack_ring_a_bell"))), tmp_path / "2.png")
+    assert two is not None and two.read_bytes()[:4] == b"\x89PNG"
