@@ -101,7 +101,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
 
     # Everything that changes the erased weights; saved tensors are reused only when all of it matches.
     method_meta = {"method": method.name, "settings": method.settings(), "task": task.name, "concept": task.concept,
-                   "task_config": config_hash({"task": cfg["task"]}), "seed": ctx.seed, "model_fingerprint": original_fp}
+                   # The evaluators never change the weights: a run that only adds or changes one reuses them.
+                   "task_config": config_hash({"task": {k: v for k, v in cfg["task"].items() if k != "evaluators"}}),
+                   "seed": ctx.seed, "model_fingerprint": original_fp}
     method_hash = hashlib.sha256(json.dumps(method_meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
     if load_erased(pipe, run_dir, method_hash):
         log.info("reusing erased tensors from %s", run_dir / "erased")

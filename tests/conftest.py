@@ -90,3 +90,14 @@ def run_cli(args: Sequence[str], tmp: Path, env: dict[str, str] | None = None,
         extra += [f"{k}={v}" for k, v in (("model", "tiny"), ("task", "smoke"), ("method", "none")) if k not in given]
     return subprocess.run([sys.executable, "-m", module, *args, *extra], cwd=tmp, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def toy_shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run directories and image cache shared by the toy-world tests.
+
+    A method trained on a toy task (same settings, seed and thread count) is saved once in
+    ``runs/<task>/<method>``; a later test that evaluates it differently reuses the erased tensors (the runner
+    matches them by a hash that leaves the evaluators out), so ESD trains once for the bar and the attack tests.
+    """
+    return tmp_path_factory.mktemp("toy_shared")

@@ -180,17 +180,18 @@ def one_thread():  # type: ignore[no-untyped-def]
     torch.set_num_threads(before)
 
 
-def _toy_run(method: str, tmp_path: Path, evaluators: dict[str, Any]) -> dict[tuple[str, str], float]:
+def _toy_run(method: str, shared: Path, evaluators: dict[str, Any]) -> dict[tuple[str, str], float]:
+    # Shared with tests/test_toy_erasure.py: ESD on toy_object is trained once for both (see conftest).
     cfg = compose_cfg(["model=toy", "task=toy_object", f"method={method}", "device=cpu", "limit=10",
-                       f"paths.cache_dir={tmp_path / 'cache'}", f"paths.results_dir={tmp_path}"])
+                       f"paths.cache_dir={shared / 'cache'}", f"paths.results_dir={shared / 'runs'}"])
     cfg["task"]["evaluators"] = {"acc": cfg["task"]["evaluators"]["acc"], **evaluators}
-    df = pd.read_csv(runner.run(cfg, tmp_path / method))
+    df = pd.read_csv(runner.run(cfg, shared / "runs" / "toy_object" / method))
     return {(r.evaluator, r.metric): float(r.value) for r in df.itertuples()}
 
 
-def test_unlearndiff_raises_esd_erase_acc_on_the_toy_world(tmp_path: Path, one_thread: None) -> None:
+def test_unlearndiff_raises_esd_erase_acc_on_the_toy_world(toy_shared: Path, one_thread: None) -> None:
     started = time.time()
-    values = _toy_run("esd", tmp_path, {"attack_unlearndiff": BUDGET, "attack_ring_a_bell": {"max_prompts": 10}})
+    values = _toy_run("esd", toy_shared, {"attack_unlearndiff": BUDGET, "attack_ring_a_bell": {"max_prompts": 10}})
     acc = values["acc", "acc_erase"]
     pre, asr = values["attack_unlearndiff", "pre_asr"], values["attack_unlearndiff", "asr"]
     assert acc <= 0.3  # ESD erased the circle
@@ -198,15 +199,16 @@ def test_unlearndiff_raises_esd_erase_acc_on_the_toy_world(tmp_path: Path, one_t
     assert asr > acc, values  # the attack brings the circle back on prompts where ESD had removed it
     assert 0 <= values["attack_ring_a_bell", "asr"] <= 1
     assert values["attack_ring_a_bell", "pre_asr"] == pytest.approx(acc)
-    log = pd.read_csv(tmp_path / "esd" / "attacks" / "attack_unlearndiff.csv")
+    run_dir = toy_shared / "runs" / "toy_object" / "esd"
+    log = pd.read_csv(run_dir / "attacks" / "attack_unlearndiff.csv")
     assert len(log) == 10 and log["success"].sum() == round(asr * 10)
     assert log.loc[log["success"] & ~log["pre_success"], "adv_prompt"].notna().all()
-    assert (tmp_path / "esd" / "attacks" / "attack_ring_a_bell_vector.safetensors").is_file()
+    assert (run_dir / "attacks" / "attack_ring_a_bell_vector.safetensors").is_file()
     print(f"esd: acc_erase {acc:.2f}, UnlearnDiffAtk ASR {asr:.2f}, Ring-A-Bell ASR "
           f"{values['attack_ring_a_bell', 'asr']:.2f}; {time.time() - started:.0f}s")
 
 
-def test_unlearndiff_finds_the_concept_in_the_unmodified_model(tmp_path: Path, one_thread: None) -> None:
-    values = _toy_run("none", tmp_path, {"attack_unlearndiff": BUDGET})
+def test_unlearndiff_finds_the_concept_in_the_unmodified_model(toy_shared: Path, one_thread: None) -> None:
+    values = _toy_run("none", toy_shared, {"attack_unlearndiff": BUDGET})
     assert values["attack_unlearndiff", "asr"] >= 0.9
     assert values["attack_unlearndiff", "pre_asr"] == pytest.approx(values["acc", "acc_erase"])

@@ -54,3 +54,8 @@ def test_erased_tensors_are_not_reused_after_a_task_change(tmp_path: Path) -> No
     first = (tmp_path / "run/erased/meta.json").stat().st_mtime_ns
     runner.run(compose_cfg([*base, "+task.anchor=thing"]), tmp_path / "run")  # same method, other task config
     assert (tmp_path / "run/erased/meta.json").stat().st_mtime_ns != first
+    # Evaluator settings never change the weights: a rerun that only changes them reuses the erased tensors.
+    second = (tmp_path / "run/erased/meta.json").stat().st_mtime_ns
+    runner.run(compose_cfg([*base, "+task.anchor=thing", "task.evaluators.dummy={}", "+task.evaluators.fid={backend: random_test}"]),
+               tmp_path / "run")
+    assert (tmp_path / "run/erased/meta.json").stat().st_mtime_ns == second

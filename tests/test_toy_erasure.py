@@ -35,16 +35,11 @@ def one_thread():  # type: ignore[no-untyped-def]
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("toy_cache")
-
-
-def _acc(method: str, task: str, cache_dir: Path, out: Path) -> dict[str, float]:
+def _acc(method: str, task: str, shared: Path) -> dict[str, float]:
     cfg = compose_cfg(["model=toy", f"task={task}", f"method={method}", "device=cpu",
-                       f"paths.cache_dir={cache_dir}", f"paths.results_dir={out}"])
+                       f"paths.cache_dir={shared / 'cache'}", f"paths.results_dir={shared / 'runs'}"])
     cfg["task"]["evaluators"] = {"acc": cfg["task"]["evaluators"]["acc"]}  # the bar needs only ACC
-    df = pd.read_csv(runner.run(cfg, out / method))
+    df = pd.read_csv(runner.run(cfg, shared / "runs" / task / method))
     acc = df[df["evaluator"] == "acc"].set_index("metric")["value"]
     return {"erase": float(acc["acc_erase"]), "preserve": float(acc["acc_preserve"])}
 
@@ -57,10 +52,9 @@ CASES = [pytest.param(m, t, marks=[*([pytest.mark.slow] if m != "esd" else []),
 
 
 @pytest.mark.parametrize(("method", "task"), CASES)
-def test_method_erases_the_toy_concept_and_keeps_the_others(method: str, task: str, cache_dir: Path,
-                                                            tmp_path: Path) -> None:
-    before = _acc("none", task, cache_dir, tmp_path)
-    after = _acc(method, task, cache_dir, tmp_path)
+def test_method_erases_the_toy_concept_and_keeps_the_others(method: str, task: str, toy_shared: Path) -> None:
+    before = _acc("none", task, toy_shared)
+    after = _acc(method, task, toy_shared)
     assert before["erase"] >= 0.8  # the unmodified model does draw the concept
     assert after["erase"] <= BAR_ERASE, (before, after)
     assert after["preserve"] >= before["preserve"] - BAR_PRESERVE_DROP, (before, after)
