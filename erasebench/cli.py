@@ -8,14 +8,13 @@ print one paragraph and exit with status 2.
 from __future__ import annotations
 
 import sys
-from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from erasebench.configs import conf_packages, yaml_names
+from erasebench.configs import conf_packages, conf_yaml, yaml_names
 from erasebench.errors import ErasebenchError, unknown_name_message
 
 #: Config groups whose options are checked before Hydra starts, for a short message with the closest name.
@@ -111,15 +110,11 @@ def _expand_concept_all(argv: list[str]) -> list[str]:
         print("erasebench: error: concept=all needs exactly one task (task=<name>); for several tasks use a "
               "saved sweep (experiment=...).", file=sys.stderr)
         raise SystemExit(2)
-    for package in conf_packages():
-        try:
-            path = resources.files(package) / "task" / f"{tasks[0]}.yaml"
-        except ModuleNotFoundError:
-            continue
-        if path.is_file():
-            keys = ",".join(str(k) for k in OmegaConf.create(path.read_text())["concepts"])
-            out = [f"concept={keys}" if a == "concept=all" else a for a in argv]
-            return out if {"-m", "--multirun"} & set(out) else ["--multirun", *out]
+    task = conf_yaml("task", tasks[0])
+    if task is not None:
+        keys = ",".join(str(k) for k in task["concepts"])
+        out = [f"concept={keys}" if a == "concept=all" else a for a in argv]
+        return out if {"-m", "--multirun"} & set(out) else ["--multirun", *out]
     return argv  # an unknown task: the option check names the valid ones
 
 

@@ -69,17 +69,22 @@ def yaml_names(group: str) -> set[str]:
     return names
 
 
-def evaluator_defaults(name: str) -> dict[str, Any]:
-    """Settings from ``conf/evaluator/<name>.yaml`` (without ``name``); a task's settings go on top."""
+def conf_yaml(group: str, name: str) -> dict[str, Any] | None:
+    """``<group>/<name>.yaml`` of the first of :func:`conf_packages` that has it, as a plain dict (or None)."""
     for package in conf_packages():
         try:
-            path = resources.files(package) / "evaluator" / f"{name}.yaml"
+            path = resources.files(package) / group / f"{name}.yaml"
         except ModuleNotFoundError:
             continue
         if path.is_file():
-            node = OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True) or {}
-            return {k: v for k, v in dict(node).items() if k != "name"}  # type: ignore[union-attr]
-    return {}
+            node = OmegaConf.to_container(OmegaConf.create(path.read_text()), resolve=True)
+            return dict(node or {})  # type: ignore[arg-type]
+    return None
+
+
+def evaluator_defaults(name: str) -> dict[str, Any]:
+    """Settings from ``conf/evaluator/<name>.yaml`` (without ``name``); a task's settings go on top."""
+    return {k: v for k, v in (conf_yaml("evaluator", name) or {}).items() if k != "name"}
 
 
 def resolve_data_path(path: str) -> Path:
@@ -113,13 +118,14 @@ def _read_prompt_csv(path: Path) -> list[dict[str, str]]:
     return rows
 
 
+def normalize_name(name: str) -> str:
+    """Concept name as a lookup key: lower case, ``_`` and ``-`` as spaces (``Chain_Saw`` -> ``chain saw``)."""
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
 def _matches(value: str, names: set[str]) -> bool:
     """Whether a CSV label cell (possibly a comma-separated multi-label list) names one of ``names``."""
-    return any(_norm(v) in names for v in value.split(","))
-
-
-def _norm(name: str) -> str:
-    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+    return any(normalize_name(v) in names for v in value.split(","))
 
 
 def _csv_items(spec: Mapping[str, Any], concepts: Mapping[str, str], keys: list[str], n: int,
@@ -131,14 +137,15 @@ def _csv_items(spec: Mapping[str, Any], concepts: Mapping[str, str], keys: list[
     per_concept = spec.get("rows_per_concept")
     for col in (c for c in (label_col, guidance_col) if c):
         if rows and col not in rows[0]:
-            raise ConfigError(f"Prompt file '{spec['prompt_file']}' has no column '{col}' (columns: {', '.join(rows[0])}).")
+            raise ConfigError(f"Prompt file '{spec['prompt_file']}' has no column '{col}' "
+                              f"(columns: {', '.join(rows[0])}).")
     if match not in ("split", "all"):
         raise ConfigError(f"Split setting 'match' must be 'split' or 'all', not '{match}'.")
     groups: dict[str, list[dict[str, str]]] = {}
     if label_col and match == "split":
         # A row belongs to a concept when its label cell names the concept's key or text (any case, _ - or space).
         for key in keys:
-            names = {_norm(key), _norm(concepts[key])}
+            names = {normalize_name(key), normalize_name(concepts[key])}
             groups[key] = [r for r in rows if _matches(r[label_col], names)]
     else:
         for r in rows:

@@ -56,6 +56,7 @@ from erasebench.evaluators._common import (
 
 from erasebench import weights
 from erasebench.api import Evaluator, PromptItem, RunContext, Score, Task
+from erasebench.configs import normalize_name
 from erasebench.errors import ConfigError
 from erasebench.registry import register_evaluator
 
@@ -84,11 +85,6 @@ DEFAULTS: dict[str, tuple[str, int | None, int | None, bool]] = {
     "i2p": ("resnet18_imagenet1k_v1", 256, 256, False),
     "toy": ("", None, None, False),
 }
-
-
-def normalize_name(name: str) -> str:
-    """Concept name as a class-map key: lower case, ``_`` and ``-`` as spaces (``Chain_Saw`` -> ``chain saw``)."""
-    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
 def accuracy(predictions: Sequence[int], targets: Sequence[Sequence[int] | set[int]]) -> float:

@@ -243,8 +243,8 @@ class FID(Evaluator):
         if c.reference not in ("original", "folder"):
             raise ConfigError(f"fid: reference must be 'original' or 'folder', not '{c.reference}'")
         if c.reference == "folder" and not c.reference_dir:
-            raise ConfigError("fid: reference 'folder' needs reference_dir, a folder of real images (e.g. COCO val2014): "
-                              "set task.evaluators.fid.reference_dir=/path/to/images")
+            raise ConfigError("fid: reference 'folder' needs reference_dir, a folder of real images "
+                              "(e.g. COCO val2014): set task.evaluators.fid.reference_dir=/path/to/images")
         if c.kid_subset_size < 2:
             raise ConfigError("fid: kid_subset_size must be at least 2")
         expected = {"inception": f"{INCEPTION_KEY}:{weights.get(INCEPTION_KEY).filename}",
