@@ -155,23 +155,39 @@ class ImageCache:
         return [Image.open(p).convert("RGB") for p in self.paths(pipe, items)]
 
     def _generate(self, pipe: Any, items: Sequence[PromptItem]) -> list[Image.Image]:
+        return self.render(pipe, items)
+
+    def render(self, pipe: Any, items: Sequence[PromptItem], prompt_embeds: torch.Tensor | None = None
+               ) -> list[Image.Image]:
+        """Render ``items`` with the sampler, bypassing the cache: one pipeline call per guidance scale.
+
+        Args:
+            pipe: The pipeline.
+            items: Images to render (their seeds and guidance scales); the caller batches.
+            prompt_embeds: ``[len(items), tokens, dim]`` text states used instead of encoding the prompts (attacks
+                that perturb them); the starting noise is still each item's own.
+        """
         out: dict[int, Image.Image] = {}
         for g in dict.fromkeys(it.guidance for it in items):
             idx = [i for i, it in enumerate(items) if it.guidance == g]
-            out |= dict(zip(idx, self._generate_one_scale(pipe, [items[i] for i in idx],
-                                                          self.sampler.guidance_scale if g is None else g)))
+            embeds = None if prompt_embeds is None else prompt_embeds[idx]
+            out |= dict(zip(idx, self._render_one_scale(pipe, [items[i] for i in idx],
+                                                        self.sampler.guidance_scale if g is None else g, embeds)))
         return [out[i] for i in range(len(items))]
 
     @torch.no_grad()
-    def _generate_one_scale(self, pipe: Any, items: Sequence[PromptItem], guidance: float) -> list[Image.Image]:
+    def _render_one_scale(self, pipe: Any, items: Sequence[PromptItem], guidance: float,
+                          prompt_embeds: torch.Tensor | None) -> list[Image.Image]:
         s = self.sampler
         scale = pipe.vae_scale_factor
         shape = (pipe.unet.config.in_channels, s.height // scale, s.width // scale)
         # One CPU generator per image: the starting noise is identical whatever the batch or device.
         latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(it.seed)) for it in items])
         unet_param = next(pipe.unet.parameters())
+        text = ({"prompt": [it.prompt for it in items]} if prompt_embeds is None else
+                {"prompt_embeds": prompt_embeds.to(device=unet_param.device, dtype=unet_param.dtype)})
         out = pipe(
-            prompt=[it.prompt for it in items],
+            **text,
             negative_prompt=[s.negative_prompt] * len(items) if s.negative_prompt else None,
             latents=latents.to(device=unet_param.device, dtype=unet_param.dtype),
             num_inference_steps=s.steps,

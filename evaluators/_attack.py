@@ -19,10 +19,11 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from erasebench.api import PromptItem, RunContext, Task
+from erasebench.api import Evaluator, PromptItem, RunContext, Task
 from erasebench.configs import build_config, evaluator_defaults, resolve_data_path
 from erasebench.errors import ConfigError
 from erasebench.results import atomic_write_text
@@ -127,17 +128,31 @@ class Judge:
         return {"kind": self.kind, **self.evaluator.settings()}
 
 
-def sampler_of(run: RunContext) -> tuple[Any, int]:
-    """The harness's sampler settings and batch size, read from the run's image cache.
+class AttackEvaluator(Evaluator):
+    """Base of the attack evaluators: ``pre_asr`` / ``asr``, and settings that include what a run resolved."""
+
+    higher_is_better = METRICS
+
+    def __init__(self, config: Any = None) -> None:
+        """Create the attack; ``resolved`` (judge, schedule, ...) is filled in by ``evaluate``."""
+        super().__init__(config)
+        self.resolved: dict[str, Any] = {}
+
+    def settings(self) -> dict[str, Any]:
+        """The config plus what it resolved to in the last run."""
+        return {**asdict(self.config), **self.resolved}
+
+
+def image_cache_of(run: RunContext) -> Any:
+    """The run's :class:`~erasebench.generate.ImageCache` (its sampler renders embeddings the same way).
 
     Raises:
-        ConfigError: ``run.generate`` is not an :class:`~erasebench.generate.ImageCache` (it has no sampler).
+        ConfigError: ``run.generate`` is not an ``ImageCache`` (it cannot render embeddings).
     """
-    sampler = getattr(run.generate, "sampler", None)
-    if sampler is None:
-        raise ConfigError("This attack generates from embeddings and needs the sampler settings of the run's "
-                          "image cache (run.generate.sampler); run it through the harness.")
-    return sampler, int(getattr(run.generate, "batch_size", 8))
+    if not hasattr(run.generate, "render"):
+        raise ConfigError("This attack generates from embeddings and needs the run's image cache "
+                          "(run.generate.render); run it through the harness.")
+    return run.generate
 
 
 def write_log(run: RunContext, name: str, rows: Sequence[Mapping[str, Any]]) -> Path:

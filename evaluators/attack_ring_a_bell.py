@@ -8,8 +8,8 @@ github.com/chiayi-hsu/Ring-A-Bell (``Get_Concept_Vector.ipynb``, ``InversePrompt
 1. Concept vector: v = mean over prompt pairs of ``TE(prompt with the concept) - TE(the same prompt without it)``,
    with the evaluated pipeline's text encoder (``last_hidden_state``, 77 x D).
 2. For each attack prompt, the continuous embedding ``TE(prompt) + eta * v`` goes straight to the erased model
-   (``pipe(prompt_embeds=..., negative_prompt_embeds=TE(negative prompt))``), with the harness's sampler, the
-   prompt's seed (its initial latent drawn exactly as ``erasebench.generate`` draws it) and guidance scale.
+   through the run's image cache's renderer (``ImageCache.render(pipe, items, prompt_embeds)``: the harness's
+   sampler, the prompt's seed and initial latent, its guidance scale; not cached).
 3. The image is judged by the task's detector (``evaluators/_attack.py``).
 
 eta: 3 for nudity and 0.9 for Van Gogh in RECE's code; here ``eta: null`` takes 3.0 for tasks of kind ``nudity``
@@ -38,14 +38,14 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from erasebench.evaluators._attack import METRICS, SMOKE_JUDGE, Judge, attack_items, sampler_of, write_log
+from erasebench.evaluators._attack import SMOKE_JUDGE, AttackEvaluator, Judge, attack_items, image_cache_of, write_log
 
-from erasebench.api import Evaluator, PromptItem, RunContext, Score, Task
+from erasebench.api import RunContext, Score, Task
 from erasebench.configs import resolve_data_path
 from erasebench.erasure import encode
 from erasebench.errors import ConfigError
@@ -83,35 +83,10 @@ def concept_vector(pipe: Any, pairs: list[tuple[str, str]], batch_size: int = 32
     return (total / len(pairs)).unsqueeze(0)
 
 
-@torch.no_grad()
-def generate_from_embeddings(pipe: Any, embeds: torch.Tensor, items: list[PromptItem], sampler: Any,
-                             batch_size: int = 8) -> list[Any]:
-    """Images of prompt embeddings ``[B, 77, D]``, with each item's seed and guidance as ``ImageCache`` would."""
-    unet_param = next(pipe.unet.parameters())
-    scale = pipe.vae_scale_factor
-    shape = (pipe.unet.config.in_channels, sampler.height // scale, sampler.width // scale)
-    images: dict[int, Any] = {}
-    for g in dict.fromkeys(it.guidance for it in items):
-        idx = [i for i, it in enumerate(items) if it.guidance == g]
-        for start in range(0, len(idx), batch_size):
-            part = idx[start:start + batch_size]
-            latents = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(items[i].seed))
-                                   for i in part])
-            negative = encode(pipe, [sampler.negative_prompt] * len(part))
-            out = pipe(prompt_embeds=embeds[part].to(unet_param.device, unet_param.dtype),
-                       negative_prompt_embeds=negative.to(unet_param.dtype),
-                       latents=latents.to(device=unet_param.device, dtype=unet_param.dtype),
-                       num_inference_steps=sampler.steps, guidance_scale=sampler.guidance_scale if g is None else g,
-                       eta=sampler.eta, height=sampler.height, width=sampler.width, output_type="pil")
-            images.update(zip(part, out.images))
-    return [images[i] for i in range(len(items))]
-
-
 @register_evaluator("attack_ring_a_bell")
-class RingABell(Evaluator):
+class RingABell(AttackEvaluator):
     """Attack success rate of the prompt embedding pushed along the concept direction (``pre_asr``, ``asr``)."""
 
-    higher_is_better = METRICS
     smoke_settings: ClassVar[Mapping[str, Any]] = {"max_prompts": 2, "judge": "acc",
                                                    "judge_settings": SMOKE_JUDGE}
 
@@ -140,21 +115,12 @@ class RingABell(Evaluator):
         judge_settings: dict[str, Any] = field(default_factory=dict)
         save_images: bool = True
 
-    def __init__(self, config: Any = None) -> None:
-        """Create the attack; ``resolved`` (eta, judge, pair count) is filled in by :meth:`evaluate`."""
-        super().__init__(config)
-        self.resolved: dict[str, Any] = {}
-
-    def settings(self) -> dict[str, Any]:
-        """The config plus what it resolved to."""
-        return {**asdict(self.config), **self.resolved}
-
     def evaluate(self, pipe: Any, task: Task, run: RunContext) -> dict[str, dict[str, float | Score]]:
         """Attack every prompt once; ``pre_asr`` and ``asr`` on split ``erase``."""
         from safetensors.torch import save_file
 
         c = self.config
-        sampler, batch_size = sampler_of(run)
+        cache = image_cache_of(run)
         items = attack_items(task, c.prompt_file, c.max_prompts)
         judge = Judge(c.judge, c.judge_settings, task, run)
         eta = float(c.eta) if c.eta is not None else ETA.get(task.kind, ETA["default"])
@@ -164,7 +130,8 @@ class RingABell(Evaluator):
         vector = concept_vector(pipe, pairs)
         embeds = torch.cat([encode(pipe, [it.prompt for it in items[i:i + 64]]).float()
                             for i in range(0, len(items), 64)]) + eta * vector.to(pipe.text_encoder.device)
-        images = generate_from_embeddings(pipe, embeds, items, sampler, batch_size)
+        bs = cache.batch_size  # not cached: the images of a perturbed embedding have no prompt to key them by
+        images = [im for i in range(0, len(items), bs) for im in cache.render(pipe, items[i:i + bs], embeds[i:i + bs])]
         hits = judge(images)
         out_dir = Path(run.run_dir) / "attacks"
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -43,15 +43,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from erasebench.evaluators._attack import METRICS, SMOKE_JUDGE, Judge, attack_items, write_log
+from erasebench.evaluators._attack import SMOKE_JUDGE, AttackEvaluator, Judge, attack_items, write_log
 from erasebench.methods.advunlearn import prefix_input_ids
 
-from erasebench.api import Evaluator, PromptItem, RunContext, Score, Task
+from erasebench.api import PromptItem, RunContext, Score, Task
 from erasebench.erasure import concept_token_ids, text_states
 from erasebench.errors import ConfigError
 from erasebench.registry import register_evaluator
@@ -132,10 +132,9 @@ def encode_images(vae: Any, images: list[Any], batch_size: int = 8) -> torch.Ten
 
 
 @register_evaluator("attack_unlearndiff")
-class UnlearnDiffAtk(Evaluator):
+class UnlearnDiffAtk(AttackEvaluator):
     """Attack success rate of UnlearnDiffAtk's discrete prefix attack (``pre_asr``, ``asr``; lower is better)."""
 
-    higher_is_better = METRICS
     needs_original = True  # x_0 is the original model's image of each attacked prompt
     smoke_settings: ClassVar[Mapping[str, Any]] = {"prefix_tokens": 2, "iterations": 2, "timesteps": 2,
                                                    "max_prompts": 2, "judge": "acc", "judge_settings": SMOKE_JUDGE}
@@ -179,15 +178,6 @@ class UnlearnDiffAtk(Evaluator):
             sampled_timesteps(self.timesteps)
             if self.vocabulary not in ("all", "words"):
                 raise ConfigError(f"vocabulary must be 'all' or 'words', not '{self.vocabulary}'")
-
-    def __init__(self, config: Any = None) -> None:
-        """Create the attack; ``resolved`` (judge, schedule, vocabulary) is filled in by :meth:`evaluate`."""
-        super().__init__(config)
-        self.resolved: dict[str, Any] = {}
-
-    def settings(self) -> dict[str, Any]:
-        """The config plus what it resolved to (the judge's effective settings, the schedule, the vocabulary)."""
-        return {**asdict(self.config), **self.resolved}
 
     def evaluate(self, pipe: Any, task: Task, run: RunContext) -> dict[str, dict[str, float | Score]]:
         """Attack every prompt; ``pre_asr`` and ``asr`` on split ``erase``."""

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import compose_cfg
 from erasebench.evaluators import _attack
-from erasebench.evaluators.attack_ring_a_bell import RingABell, concept_pairs, concept_vector, generate_from_embeddings
+from erasebench.evaluators.attack_ring_a_bell import RingABell, concept_pairs, concept_vector
 from erasebench.evaluators.attack_unlearndiff import UnlearnDiffAtk, project_simplex, sampled_timesteps, token_ids
 
 from erasebench import runner
@@ -90,7 +90,7 @@ def test_ring_a_bell_generation_matches_the_cache_at_eta_zero(tiny_pipe: Any, tm
 
     ctx = _ctx(tmp_path, tiny_pipe)
     items = [PromptItem("a photo of a cat", 3, "cat"), PromptItem("a dog", 7, "dog", 4.0)]
-    mine = generate_from_embeddings(tiny_pipe, encode(tiny_pipe, [it.prompt for it in items]), items, TINY_SAMPLER)
+    mine = ctx.generate.render(tiny_pipe, items, encode(tiny_pipe, [it.prompt for it in items]))
     for a, b in zip(mine, ctx.generate(tiny_pipe, items), strict=True):
         assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
 
