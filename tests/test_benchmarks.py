@@ -32,3 +32,11 @@ def test_bench_speed_prints_the_three_ratios() -> None:
 def test_bench_generate_prints_throughput() -> None:
     out = _run("bench_generate.py", "--model", "tiny", "--images", "8")
     assert out["images"] == 8 and out["images_per_s"] > 0
+
+
+def test_bench_methods_times_each_method_alone_and_keeps_going_after_a_failure() -> None:
+    rows = _run("bench_methods.py", "--model", "tiny", "--methods", "esd,no_such_method", "--smoke")
+    esd, bad = rows
+    assert esd["method"] == "esd" and esd["seconds"] > 0 and esd["peak_rss_mib"] > 0
+    assert esd["settings"]["iterations"] == 2  # the smoke settings were applied
+    assert bad["method"] == "no_such_method" and "esd" in bad["error"]  # the error lists the valid names
