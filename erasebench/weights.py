@@ -115,7 +115,7 @@ WEIGHTS: dict[str, WeightFile] = {
             description="OpenAI CLIP ViT-L/14 (CLIP score as torchmetrics' default / UnlearnDiffAtk)",
             source="hf",
             repo_id="openai/clip-vit-large-patch14",
-            used_by=("clip_score:openai/clip-vit-large-patch14",),
+            used_by=("clip_score:openai/clip-vit-large-patch14", "method:sgrace"),  # S-GRACE: its text projection
         ),
     )
 }
