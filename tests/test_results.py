@@ -59,3 +59,24 @@ def test_erased_tensors_are_not_reused_after_a_task_change(tmp_path: Path) -> No
     runner.run(compose_cfg([*base, "+task.anchor=thing", "task.evaluators.dummy={}", "+task.evaluators.fid={backend: random_test}"]),
                tmp_path / "run")
     assert (tmp_path / "run/erased/meta.json").stat().st_mtime_ns == second
+
+
+def test_a_closed_form_run_saves_only_the_edited_key_value_weights(tmp_path: Path) -> None:
+    """UCE through the harness: the run's tensors file holds exactly the attn2.to_k / to_v weights, and the
+    method changes nothing else (the harness diffs every tensor of every component, no per-method list)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import compose_cfg
+    from safetensors.torch import load_file
+
+    from erasebench import runner
+
+    runner.run(compose_cfg(["model=tiny", "task=smoke", "method=uce", "limit=1", f"paths.cache_dir={tmp_path / 'c'}"]),
+               tmp_path / "run")
+    saved = set(load_file(str(tmp_path / "run/erased/tensors.safetensors")))
+    from erasebench.models import build_tiny
+
+    expected = {f"unet.{n}" for n, _ in build_tiny().unet.named_parameters()
+                if n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))}
+    assert saved == expected

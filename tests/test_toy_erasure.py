@@ -1,4 +1,4 @@
-"""The Methods I and II bar on the toy world, through the harness itself (``runner.run`` on ``model=toy``).
+"""The Methods I, II and III bar on the toy world, through the harness itself (``runner.run`` on ``model=toy``).
 
 Bar: the erased concept's ``acc_erase`` <= 0.30 and the mean ``acc_preserve`` of the other concepts within
 0.15 of the unmodified model's. ESD runs in the default test run (one method per kind of concept); the
@@ -20,6 +20,8 @@ BAR_ERASE, BAR_PRESERVE_DROP = 0.30, 0.15
 MISSES = {  # measured with the toy presets (results/toy/): erase / preserve, `none` in brackets
     ("advanchor", "toy_object"): "AdvAnchor leaves toy objects unchanged: 1.000 / 1.000 (1.000 / 1.000); "
                                  "conf/preset/toy_advanchor.yaml lists the settings tried and the diagnosis",
+    ("doco", "toy_object"): "DoCo trades erasing for preservation on toy objects: best 0.200 / 0.771, or 0.500 / 0.896 "
+                            "(1.000 / 1.000); conf/preset/toy_doco.yaml lists the settings tried and the diagnosis",
 }
 
 
@@ -47,7 +49,8 @@ def _acc(method: str, task: str, shared: Path) -> dict[str, float]:
 CASES = [pytest.param(m, t, marks=[*([pytest.mark.slow] if m != "esd" else []),
                                    *([pytest.mark.xfail(reason=MISSES[(m, t)], strict=True)] if (m, t) in MISSES else [])],
                       id=f"{m}-{t}")
-         for m in ("esd", "sdd", "abconcept", "advanchor", "advunlearn", "allbutone")
+         for m in ("esd", "sdd", "abconcept", "advanchor", "advunlearn", "allbutone",
+                   "uce", "rece", "doco", "realera", "trce", "sgrace")
          for t in ("toy_object", "toy_style")]
 
 
