@@ -20,8 +20,6 @@ BAR_ERASE, BAR_PRESERVE_DROP = 0.30, 0.15
 MISSES = {  # measured with the toy presets (results/toy/): erase / preserve, `none` in brackets
     ("advanchor", "toy_object"): "AdvAnchor leaves toy objects unchanged: 1.000 / 1.000 (1.000 / 1.000); "
                                  "conf/preset/toy_advanchor.yaml lists the settings tried and the diagnosis",
-    ("doco", "toy_object"): "DoCo trades erasing for preservation on toy objects: best 0.200 / 0.771, or 0.500 / 0.896 "
-                            "(1.000 / 1.000); conf/preset/toy_doco.yaml lists the settings tried and the diagnosis",
 }
 
 
