@@ -76,6 +76,15 @@ def kv_edit(layers: Mapping[str, torch.nn.Parameter], groups: Sequence[EditGroup
 
 
 @torch.no_grad()
+def states_and_lengths(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 77-token text states [n, L, D] (float32) of ``prompts`` and their attention-mask lengths [n]
+    (start + words + end), the input every closed-form method picks its tokens from."""
+    tok = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0].float(), tok.attention_mask.sum(dim=1)
+
+
+@torch.no_grad()
 def token_states(pipe: Any, prompts: Sequence[str], which: str = "last") -> torch.Tensor:
     """Text-encoder states of ``prompts`` at chosen tokens, as UCE feeds them to :func:`kv_edit`.
 
@@ -86,10 +95,7 @@ def token_states(pipe: Any, prompts: Sequence[str], which: str = "last") -> torc
             shape [n, D]; ``"eot"``: the end-of-text token after it (TRCE's [EoT]), [n, D]; ``"all"``: every
             real token after the start token, concatenated, [sum of lengths, D] (UCE's first version, RECE).
     """
-    tok = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt")
-    states = pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
-    lengths = tok.attention_mask.sum(dim=1)  # start + words + end
+    states, lengths = states_and_lengths(pipe, prompts)
     rows = []
     for i, n in enumerate(lengths.tolist()):
         if which == "last":

@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 
 from erasebench.api import Method, RunContext, Task
-from erasebench.closed_form import EditGroup, kv_edit, kv_layers
+from erasebench.closed_form import EditGroup, kv_edit, kv_layers, states_and_lengths
 from erasebench.erasure import Shadow, Trainer, check_choice, ddim_scheduler, encode, esd_timesteps
 from erasebench.erasure import partial_ddim_sample
 from erasebench.errors import ConfigError, ErasebenchError
@@ -123,17 +123,9 @@ def mine_perturbations(e: torch.Tensor, n: int, max_dist: float, s_low: float, s
 
 
 @torch.no_grad()
-def _states(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """77-token text states [n, L, D] (float32) and attention-mask lengths [n]."""
-    tok = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt")
-    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0].float(), tok.attention_mask.sum(dim=1)
-
-
-@torch.no_grad()
 def concept_blocks(pipe: Any, prompt: str, anchor: str, tokens: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(concept states [m, D], anchor states [m, D]) paired for the closed form (``last`` or ``tail``)."""
-    states, lengths = _states(pipe, [prompt, anchor or " "])
+    states, lengths = states_and_lengths(pipe, [prompt, anchor or " "])
     fe, fa = int(lengths[0]) - 2, int(lengths[1]) - 2  # the last real token (the start token for "")
     if tokens == "last":
         return states[0, fe:fe + 1], states[1, fa:fa + 1]
@@ -146,7 +138,7 @@ def preserve_states(pipe: Any, prompts: Sequence[str], tokens: str) -> torch.Ten
     """The preserved prompts' states: the last real token (``last``) or all 77 (``tail``), [n, D]."""
     if not prompts:
         return torch.zeros(0, pipe.text_encoder.config.hidden_size)
-    states, lengths = _states(pipe, prompts)
+    states, lengths = states_and_lengths(pipe, prompts)
     if tokens == "last":
         return torch.stack([states[i, int(n) - 2] for i, n in enumerate(lengths)])
     return states.flatten(0, 1)

@@ -58,7 +58,7 @@ from typing import Any
 import torch
 
 from erasebench.api import Method, RunContext, Task
-from erasebench.closed_form import EditGroup, kv_edit, kv_layers, token_states
+from erasebench.closed_form import EditGroup, kv_edit, kv_layers, states_and_lengths, token_states
 from erasebench.erasure import check_choice
 from erasebench.registry import register_method
 
@@ -119,10 +119,7 @@ def expand(edits: Sequence[str], guides: Sequence[str], kind: str, expand_guides
 @torch.no_grad()
 def encode_all(pipe: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """The 77-token text states [n, L, D] (float32) and attention-mask lengths [n] of ``prompts``."""
-    tok = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt")
-    states = pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device))[0]
-    return states.float(), tok.attention_mask.sum(dim=1)
+    return states_and_lengths(pipe, prompts)
 
 
 @torch.no_grad()
