@@ -36,6 +36,10 @@ Choices where the code is ambiguous (options, recorded in the settings):
       repository; the paper says "text embeddings + adversarial perturbations". Default ``encoder_output``
       (added to the CLIP output states at the concept's token positions); ``token_input`` adds it to the
       input word embeddings instead.
+    - ``delta_span``: which positions delta covers. Default ``concept`` (the concept's tokens, as the code's
+      word positions). ``concept_to_end`` also covers every state after them ([EoT] and the padding), which
+      a causal text encoder computes from the concept too; an option beyond the code, for encoders that
+      carry the concept there (the toy's does, see UCE's toy finding).
     - ``similarity``: the code takes the unnormalised mean of the elementwise product (scaled by 1/(1+o),
       o = 1 with ``--ori_flag``); the paper's text speaks of similarity of predictions, read as cosine.
       Default ``cosine``; ``mean_product`` reproduces the code (both have the same sign, so the stopping
@@ -181,6 +185,7 @@ class AdvAnchor(Method):
             adv_loss: ``adv1`` (prediction similarity; README command) or ``adv2`` (change vs. generic prompt).
             similarity: ``cosine`` (paper text) or ``mean_product`` (the code).
             delta_space: ``encoder_output`` or ``token_input`` (see the module docstring).
+            delta_span: ``concept`` (the concept's tokens) or ``concept_to_end`` (also every later position).
             accumulate_grads: Reproduce the code's missing ``zero_grad`` in both loops.
             steps: Unlearning steps = training images (batch 1).
             inner_steps: Cap of the anchor loop per image (``w_iter_break``).
@@ -199,6 +204,7 @@ class AdvAnchor(Method):
         adv_loss: str = "adv1"
         similarity: str = "cosine"
         delta_space: str = "encoder_output"
+        delta_span: str = "concept"
         accumulate_grads: bool = False
         steps: int = 50
         inner_steps: int = 30
@@ -217,6 +223,7 @@ class AdvAnchor(Method):
             check_choice("adv_loss", self.adv_loss, ("adv1", "adv2"))
             check_choice("similarity", self.similarity, ("cosine", "mean_product"))
             check_choice("delta_space", self.delta_space, ("encoder_output", "token_input"))
+            check_choice("delta_span", self.delta_span, ("concept", "concept_to_end"))
             for kind, tpl in self.templates.items():
                 if len(tpl) != 3 or "{concept}" not in tpl[0] or "{concept}" not in tpl[2]:
                     from erasebench.errors import ConfigError
@@ -264,6 +271,8 @@ class AdvAnchor(Method):
         prefix = self.templates(task)[2].split("{concept}")[0].rstrip()
         start = 1 + len(concept_token_ids(tok, prefix)) if prefix else 1
         n_tok = len(concept_token_ids(tok, concept))
+        if c.delta_span == "concept_to_end":
+            n_tok = tok.model_max_length - start
         anchor_ids = tok([p_a], padding="max_length", max_length=tok.model_max_length, truncation=True,
                          return_tensors="pt").input_ids
         emb_a_base = encode(pipe, [p_a])

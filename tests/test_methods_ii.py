@@ -118,6 +118,14 @@ def test_advanchor_delta_covers_the_real_concept_tokens(tiny_pipe: Any, tmp_path
     assert method.resolved["delta_positions"] == [1 + prefix, 1 + prefix + n] and method.delta.shape[1] == n > 1
 
 
+def test_advanchor_delta_span_to_the_end_covers_every_state_after_the_prefix(tiny_pipe: Any, tmp_path: Path) -> None:
+    method = _method(advanchor.AdvAnchor, steps=1, inner_steps=1, delta_span="concept_to_end")
+    method.erase(tiny_pipe, _task(), _ctx(tmp_path, tiny_pipe))
+    start = 1 + len(advunlearn.concept_token_ids(tiny_pipe.tokenizer, "a photo of a"))
+    end = tiny_pipe.tokenizer.model_max_length
+    assert method.resolved["delta_positions"] == [start, end] and method.delta.shape[1] == end - start
+
+
 def test_advanchor_accumulated_gradients_are_running_sums() -> None:
     p = torch.nn.Parameter(torch.zeros(2))
     seen = []
