@@ -87,17 +87,26 @@ def evaluator_defaults(name: str) -> dict[str, Any]:
     return {k: v for k, v in (conf_yaml("evaluator", name) or {}).items() if k != "name"}
 
 
+#: Every data file resolved in this process, in order. The config hash sees a file's name, not its contents,
+#: so the runner stores the digests of the files a run read and redoes the run when one changes.
+DATA_READS: dict[str, None] = {}
+
+
 def resolve_data_path(path: str) -> Path:
     """Find a data file: as given, else inside the installed package's ``erasebench/data``.
+
+    The resolved path is recorded in :data:`DATA_READS`.
 
     Raises:
         MissingFileError: The file exists in neither place.
     """
     p = Path(path).expanduser()
     if p.exists():
+        DATA_READS[str(p.resolve())] = None
         return p
     packaged = resources.files("erasebench") / "data" / path
     if packaged.is_file():
+        DATA_READS[str(Path(str(packaged)).resolve())] = None
         return Path(str(packaged))
     raise MissingFileError(
         f"Prompt file '{path}' not found (looked at '{p.resolve()}' and in erasebench/data/). "

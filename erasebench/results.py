@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,20 @@ def finished_hash(run_dir: Path) -> str | None:
     return str(hashes[0]) if len(hashes) == 1 else None
 
 
+def file_digests(paths: Iterable[str]) -> dict[str, str]:
+    """SHA-256 (first 16 hex digits) of each file; ``"missing"`` for one that no longer exists."""
+    out = {}
+    for path in paths:
+        p = Path(path)
+        out[path] = hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "missing"
+    return out
+
+
+def inputs_unchanged(recorded: Mapping[str, str]) -> bool:
+    """Whether every data file in ``recorded`` (path -> digest) still has its recorded digest."""
+    return file_digests(recorded) == dict(recorded)
+
+
 def save_erased(pipe: Any, before: Mapping[str, str], run_dir: Path, meta: Mapping[str, Any]) -> list[str]:
     """Save the tensors whose digest changed since ``before`` as ``erased/tensors.safetensors``.
 
@@ -121,7 +135,9 @@ def load_erased(pipe: Any, run_dir: Path, method_hash: str) -> bool:
     meta_path, tensor_path = run_dir / "erased" / "meta.json", run_dir / "erased" / "tensors.safetensors"
     if not (meta_path.exists() and tensor_path.exists()):
         return False
-    if json.loads(meta_path.read_text()).get("method_hash") != method_hash:
+    meta = json.loads(meta_path.read_text())
+    # Data files the method read (e.g. S-GRACE's concept lists) count like its settings.
+    if meta.get("method_hash") != method_hash or not inputs_unchanged(meta.get("data_files", {})):
         return False
     by_component: dict[str, dict[str, Any]] = {}
     for key, value in load_file(str(tensor_path)).items():

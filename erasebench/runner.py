@@ -22,12 +22,13 @@ from typing import Any
 import torch
 
 from erasebench.api import PromptItem, RunContext, Score
-from erasebench.configs import build_config, build_evaluators, build_task
+from erasebench.configs import DATA_READS, build_config, build_evaluators, build_task
 from erasebench.errors import ConfigError
 from erasebench.generate import ImageCache, Sampler, fingerprint, weight_digests
 from erasebench.models import load_pipeline, resolve_device, resolve_dtype
 from erasebench.registry import METHODS
-from erasebench.results import config_hash, finished_hash, load_erased, save_erased, versions, write_metrics
+from erasebench.results import atomic_write_text, config_hash, file_digests, finished_hash, inputs_unchanged
+from erasebench.results import load_erased, save_erased, versions, write_metrics
 
 log = logging.getLogger("erasebench")
 
@@ -61,10 +62,14 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
     """
     started = time.time()
     chash = config_hash(cfg)
-    metrics_path = run_dir / "metrics.csv"
+    metrics_path, inputs_path = run_dir / "metrics.csv", run_dir / "data_files.json"
     if finished_hash(run_dir) == chash:
-        log.info("skip: %s is done (config %s)", run_dir, chash)
-        return metrics_path
+        # A run from before data files were recorded has no data_files.json and counts as up to date.
+        if inputs_unchanged(json.loads(inputs_path.read_text()) if inputs_path.exists() else {}):
+            log.info("skip: %s is done (config %s)", run_dir, chash)
+            return metrics_path
+        log.info("redo: a data file %s read has changed since it finished", run_dir)
+    DATA_READS.clear()
 
     # Validate everything before the model loads.
     method_cls = METHODS.get(str(cfg["method"]["name"]))
@@ -107,12 +112,15 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
     method_hash = hashlib.sha256(json.dumps(method_meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
     if load_erased(pipe, run_dir, method_hash):
         log.info("reusing erased tensors from %s", run_dir / "erased")
+        method_reads = json.loads((run_dir / "erased" / "meta.json").read_text()).get("data_files", {})
     else:
         torch.manual_seed(ctx.seed)
         t0 = time.time()
+        before_reads = set(DATA_READS)
         pipe = method.erase(pipe, task, ctx)
+        method_reads = file_digests(k for k in DATA_READS if k not in before_reads)
         resolved = getattr(method, "resolved", None)  # settings a method derived from the task (e.g. "auto")
-        extra = {"resolved": resolved, "erase_seconds": time.time() - t0}
+        extra = {"resolved": resolved, "erase_seconds": time.time() - t0, "data_files": method_reads}
         if getattr(method, "diagnostics", None):  # per-step traces a method keeps for debugging (e.g. AdvAnchor)
             extra["diagnostics"] = method.diagnostics
         changed = save_erased(pipe, before, run_dir, {**method_meta, "method_hash": method_hash, **extra})
@@ -145,6 +153,8 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
     finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for row in rows:
         row.update(duration_s=round(time.time() - started, 2), finished_at=finished)
+    # Before metrics.csv, which marks the run finished.
+    atomic_write_text(inputs_path, json.dumps({**method_reads, **file_digests(DATA_READS)}, indent=1))
     write_metrics(rows, metrics_path)
     log.info("wrote %d rows to %s (%d images generated)", len(rows), metrics_path, cache.generated)
     return metrics_path

@@ -80,3 +80,48 @@ def test_a_closed_form_run_saves_only_the_edited_key_value_weights(tmp_path: Pat
     expected = {f"unet.{n}" for n, _ in build_tiny().unet.named_parameters()
                 if n.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))}
     assert saved == expected
+
+
+def test_erased_tensors_are_not_reused_after_a_data_file_the_method_read_changes(_tiny_master: Any,
+                                                                                  tmp_path: Path) -> None:
+    from erasebench.results import file_digests
+
+    lists = tmp_path / "concepts.yaml"
+    lists.write_text("circle: [a ring]\n")
+    pipe = copy.deepcopy(_tiny_master)
+    before = weight_digests(pipe)
+    with torch.no_grad():
+        next(iter(pipe.unet.parameters())).add_(0.01)
+    save_erased(pipe, before, tmp_path / "run", {"method_hash": "abc", "data_files": file_digests([str(lists)])})
+    assert load_erased(copy.deepcopy(_tiny_master), tmp_path / "run", "abc")
+    lists.write_text("circle: [a ring, a disc]\n")  # same name, new contents: the config hash cannot see this
+    assert not load_erased(copy.deepcopy(_tiny_master), tmp_path / "run", "abc")
+    lists.unlink()
+    assert not load_erased(copy.deepcopy(_tiny_master), tmp_path / "run", "abc")
+
+
+def test_a_finished_run_is_redone_when_a_prompt_file_it_read_changes(tmp_path: Path) -> None:
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import compose_cfg
+
+    from erasebench import runner
+
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt\na photo of a house\n")
+    cfg = compose_cfg(["model=tiny", "task=smoke", "method=dummy", "limit=1", f"paths.cache_dir={tmp_path / 'cache'}",
+                       f"+task.splits.preserve.prompt_file={prompts}"])
+    run = tmp_path / "run"
+    runner.run(cfg, run)
+    recorded = json.loads((run / "data_files.json").read_text())
+    assert list(recorded) == [str(prompts.resolve())]
+    done, erased = (run / "metrics.csv").stat().st_mtime_ns, (run / "erased/meta.json").stat().st_mtime_ns
+    runner.run(cfg, run)
+    assert (run / "metrics.csv").stat().st_mtime_ns == done  # unchanged inputs: skipped
+    prompts.write_text("prompt\na photo of a tree\n")
+    runner.run(cfg, run)
+    assert (run / "metrics.csv").stat().st_mtime_ns != done  # the evaluation is redone ...
+    assert (run / "erased/meta.json").stat().st_mtime_ns == erased  # ... and the dummy method read no data file
+    assert json.loads((run / "data_files.json").read_text()) != recorded
