@@ -32,6 +32,19 @@ def tiny_pipe(_tiny_master: Any) -> Any:
     return copy.deepcopy(_tiny_master)
 
 
+def cached_run_context(pipe: Any, tmp_path: Path, seed: int = 0, run_dir: Path | None = None) -> Any:
+    """A CPU ``RunContext`` for a method or evaluator on ``pipe``: images from a 2-step 32x32 cache under
+    ``tmp_path / "cache"``, the original model's images from the same cache, at most 2 prompts per split."""
+    import torch
+
+    from erasebench.api import RunContext
+    from erasebench.generate import ImageCache, Sampler
+
+    cache = ImageCache(tmp_path / "cache", Sampler(steps=2, height=32, width=32), progress=False)
+    return RunContext(seed=seed, device=torch.device("cpu"), dtype=torch.float32, run_dir=run_dir or tmp_path,
+                      generate=cache, original_images=lambda items: cache(pipe, items), limit=2)
+
+
 @pytest.fixture
 def fixed(tiny_pipe: Any) -> dict[str, Any]:
     """Fixed UNet inputs for loss tests: latents, timesteps, and random prompt embeddings."""

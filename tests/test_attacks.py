@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import cached_run_context, compose_cfg
 from erasebench.evaluators import _attack
 from erasebench.evaluators.attack_ring_a_bell import RingABell, concept_pairs, concept_vector
 from erasebench.evaluators.attack_unlearndiff import UnlearnDiffAtk, project_simplex, sampled_timesteps, token_ids
@@ -23,9 +23,6 @@ from erasebench.evaluators.attack_unlearndiff import UnlearnDiffAtk, project_sim
 from erasebench import runner
 from erasebench.api import PromptItem, RunContext
 from erasebench.configs import build_config, build_evaluators, build_task
-from erasebench.generate import ImageCache, Sampler
-
-TINY_SAMPLER = Sampler(steps=2, height=32, width=32)
 
 
 def sort_projection(v: torch.Tensor) -> torch.Tensor:
@@ -78,9 +75,7 @@ def test_ring_a_bell_default_pairs() -> None:
 
 
 def _ctx(tmp_path: Path, pipe: Any) -> RunContext:
-    cache = ImageCache(tmp_path / "cache", TINY_SAMPLER, progress=False)
-    return RunContext(seed=0, device=torch.device("cpu"), dtype=torch.float32, run_dir=tmp_path / "run",
-                      generate=cache, original_images=lambda items: cache(pipe, items), limit=2)
+    return cached_run_context(pipe, tmp_path, run_dir=tmp_path / "run")
 
 
 def test_ring_a_bell_generation_matches_the_cache_at_eta_zero(tiny_pipe: Any, tmp_path: Path) -> None:

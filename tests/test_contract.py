@@ -7,22 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import compose_cfg
+from conftest import cached_run_context, compose_cfg
 
 from erasebench.api import SPLITS, Evaluator, Method, RunContext, Score
 from erasebench.configs import build_config, build_task, evaluator_defaults
-from erasebench.generate import ImageCache, Sampler, weight_digests
+from erasebench.generate import weight_digests
 from erasebench.registry import EVALUATORS, METHODS
-
-TINY_SAMPLER = Sampler(steps=2, height=32, width=32)
 
 
 def _ctx(tmp_path: Path, pipe: Any, seed: int = 0) -> RunContext:
-    import torch
-
-    cache = ImageCache(tmp_path / "cache", TINY_SAMPLER, progress=False)
-    return RunContext(seed=seed, device=torch.device("cpu"), dtype=torch.float32, run_dir=tmp_path,
-                      generate=cache, original_images=lambda items: cache(pipe, items), limit=2)
+    return cached_run_context(pipe, tmp_path, seed)
 
 
 def _task(concept: str = "cat") -> Any:

@@ -9,14 +9,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import cached_run_context, compose_cfg
 from erasebench.methods import doco
 
-from erasebench.api import RunContext
 from erasebench.configs import build_config, build_task
 from erasebench.erasure import select_parameters
 from erasebench.errors import ConfigError
-from erasebench.generate import ImageCache, Sampler
 
 
 def _method(**kwargs: Any) -> doco.DoCo:
@@ -126,9 +124,7 @@ def test_predict_x0_inverts_q_sample() -> None:
 # ---------------------------------------------------------------- one erase run on tiny
 
 def test_erase_changes_only_the_trained_tensors(tiny_pipe: Any, tmp_path: Path) -> None:
-    cache = ImageCache(tmp_path / "cache", Sampler(steps=2, height=32, width=32), progress=False)
-    run = RunContext(seed=0, device=torch.device("cpu"), dtype=torch.float32, run_dir=tmp_path, generate=cache,
-                     original_images=lambda items: cache(tiny_pipe, items), limit=2)
+    run = cached_run_context(tiny_pipe, tmp_path)
     task = build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
     before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
     text_before = copy.deepcopy(tiny_pipe.text_encoder.state_dict())
@@ -144,9 +140,7 @@ def test_erase_changes_only_the_trained_tensors(tiny_pipe: Any, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_warm_up_only_leaves_the_unet_unchanged(tiny_pipe: Any, tmp_path: Path) -> None:
-    cache = ImageCache(tmp_path / "cache", Sampler(steps=2, height=32, width=32), progress=False)
-    run = RunContext(seed=0, device=torch.device("cpu"), dtype=torch.float32, run_dir=tmp_path, generate=cache,
-                     original_images=lambda items: cache(tiny_pipe, items), limit=2)
+    run = cached_run_context(tiny_pipe, tmp_path)
     task = build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
     before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
     method = _method(steps=2, warm_up=2, num_anchor_images=4, batch_size=2)

@@ -9,19 +9,17 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import compose_cfg, trained_and_original
+from conftest import cached_run_context, compose_cfg, trained_and_original
 from erasebench.methods import advanchor, advunlearn, allbutone
 
 from erasebench.api import RunContext
 from erasebench.configs import build_config, build_task
 from erasebench.erasure import Shadow, Trainer, select_parameters
-from erasebench.generate import ImageCache, Sampler, weight_digests
+from erasebench.generate import weight_digests
 
 
 def _ctx(tmp_path: Path, pipe: Any) -> RunContext:
-    cache = ImageCache(tmp_path / "cache", Sampler(steps=2, height=32, width=32), progress=False)
-    return RunContext(seed=0, device=torch.device("cpu"), dtype=torch.float32, run_dir=tmp_path, generate=cache,
-                      original_images=lambda items: cache(pipe, items), limit=2)
+    return cached_run_context(pipe, tmp_path)
 
 
 def _task() -> Any:
