@@ -153,8 +153,9 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
     finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for row in rows:
         row.update(duration_s=round(time.time() - started, 2), finished_at=finished)
-    # Before metrics.csv, which marks the run finished.
-    atomic_write_text(inputs_path, json.dumps({**method_reads, **file_digests(DATA_READS)}, indent=1))
+    # Before metrics.csv, which marks the run finished. The method's files were hashed after erasure.
+    task_reads = file_digests(k for k in DATA_READS if k not in method_reads)
+    atomic_write_text(inputs_path, json.dumps({**method_reads, **task_reads}, indent=1))
     write_metrics(rows, metrics_path)
     log.info("wrote %d rows to %s (%d images generated)", len(rows), metrics_path, cache.generated)
     return metrics_path
