@@ -37,6 +37,11 @@ class PluginLoadError(ErasebenchError, ImportError):
     """A selected third-party plugin failed to import."""
 
 
+class CorruptFileError(ErasebenchError):
+    """A file erasebench wrote earlier (a run's ``metrics.csv``, its erased tensors) is damaged: truncated,
+    empty or not in the expected format; the message names the file and what is wrong."""
+
+
 def unknown_name_message(kind: str, name: str, valid: Iterable[str], where: str = "") -> str:
     """Build the message for an unknown name: the valid names and the closest match.
 

@@ -3,7 +3,8 @@
 Each image's initial latent comes from its own CPU generator seeded with the item's seed, so an image does
 not depend on batch size, batch order or device. Images are stored under a key made of the pipeline's
 weight fingerprint and the sampler settings: the original model's images are generated once and reused by
-every method, seed and evaluator that asks for them.
+every method, seed and evaluator that asks for them. A cached file is checked whenever it is used; a damaged
+one is moved aside (``*.png.corrupt``) and rendered again, the same image since the seed is the item's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -24,8 +26,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from erasebench.api import PromptItem
+from erasebench.results import atomic_path, atomic_write_text, quarantine
 
 COMPONENTS = ("unet", "text_encoder", "vae")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, its fixed CRC
+_UNDECODABLE = (OSError, SyntaxError, ValueError, zlib.error)  # how PIL reports a broken file
 
 
 @dataclass(frozen=True)
@@ -88,9 +94,31 @@ def _locked(path: Path):  # type: ignore[no-untyped-def]
 
 
 def _atomic_save(img: Image.Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # removes the temporary file if the save fails (a full disk)
+        img.save(tmp, format="PNG")
+
+
+def png_intact(path: Path) -> bool:
+    """Whether ``path`` starts with the PNG signature and ends with the IEND chunk: a cheap check, without
+    decoding, that catches a truncated or overwritten file (``False`` for a missing one)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_PNG_SIGNATURE))
+            if f.seek(0, os.SEEK_END) < len(_PNG_SIGNATURE) + len(_PNG_END):
+                return False
+            f.seek(-len(_PNG_END), os.SEEK_END)
+            return head == _PNG_SIGNATURE and f.read() == _PNG_END
+    except FileNotFoundError:
+        return False
+
+
+def _decode(path: Path) -> Image.Image | None:
+    # The RGB image, or None if the file is missing or PIL cannot decode it.
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except _UNDECODABLE:
+        return None
 
 
 class ImageCache:
@@ -126,15 +154,16 @@ class ImageCache:
         d.mkdir(parents=True, exist_ok=True)
         meta = d / "sampler.json"
         if not meta.exists():
-            meta.write_text(json.dumps({"fingerprint": fingerprint(pipe), **asdict(self.sampler)}, indent=1))
+            atomic_write_text(meta, json.dumps({"fingerprint": fingerprint(pipe), **asdict(self.sampler)}, indent=1))
         paths = [d / self.filename(it) for it in items]
-        if all(p.exists() for p in paths):
+        if all(png_intact(p) for p in paths):  # files appear by rename, so a failed check is real damage
             return paths
         # Parallel jobs of a sweep often need the same (original-model) images: the first one to take the
         # lock renders them, the others wait and then find them on disk.
         # PNG encoding runs in a thread pool while the next batch is sampled (zlib releases the GIL).
         with _locked(d / ".lock"), ThreadPoolExecutor(max_workers=2) as pool:
-            todo = list({p: it for p, it in zip(paths, items) if not p.exists()}.items())
+            # Checked again under the lock: another job may have replaced a damaged file meanwhile.
+            todo = list({p: it for p, it in zip(paths, items) if not self._usable(p)}.items())
             # Items with their own guidance scale are batched with their peers (one pipeline call per scale).
             todo.sort(key=lambda x: -1.0 if x[1].guidance is None else x[1].guidance)
             bar = tqdm(total=len(todo), desc="generate", unit="img", disable=not self.progress or not todo)
@@ -151,8 +180,53 @@ class ImageCache:
         return paths
 
     def __call__(self, pipe: Any, items: Sequence[PromptItem]) -> list[Image.Image]:
-        """The images of ``items`` as RGB PIL images (cached or generated)."""
-        return [Image.open(p).convert("RGB") for p in self.paths(pipe, items)]
+        """The images of ``items`` as RGB PIL images (cached or generated; a cached file that fails to decode
+        is quarantined and rendered again)."""
+        images = self._read(self.paths(pipe, items))
+        bad = [i for i, img in enumerate(images) if img is None]
+        for i, path in zip(bad, self.paths(pipe, [items[i] for i in bad]) if bad else []):
+            with Image.open(path) as im:  # a fresh render that fails too is a disk problem: PIL's error says so
+                images[i] = im.convert("RGB")
+        return images  # type: ignore[return-value]  # no None is left
+
+    def cached(self, weights: str, items: Sequence[PromptItem]) -> list[Image.Image] | None:
+        """The images of ``items`` rendered with weight fingerprint ``weights``, if every one is cached and
+        intact, else ``None``: render them through the cache then, which quarantines a damaged file and
+        replaces it (one that fails to decode is quarantined here already).
+
+        Args:
+            weights: The :func:`fingerprint` of the pipeline that rendered them.
+            items: The images wanted.
+        """
+        d = self.directory(None, weights)
+        paths = [d / self.filename(it) for it in items]
+        if not all(png_intact(p) for p in paths):
+            return None
+        images = self._read(paths)
+        return None if any(img is None for img in images) else images  # type: ignore[return-value]
+
+    @staticmethod
+    def _usable(path: Path) -> bool:
+        # Whether path holds an intact PNG; a damaged one is quarantined. Called under the directory's lock.
+        if png_intact(path):
+            return True
+        if path.exists():
+            quarantine(path, "not a complete PNG file (its signature or IEND chunk is missing)")
+        return False
+
+    @staticmethod
+    def _read(paths: Sequence[Path]) -> list[Image.Image | None]:
+        # The decoded images; one that fails to decode is quarantined and None in the list.
+        images = [_decode(p) for p in paths]
+        if all(img is not None for img in images):
+            return images
+        with _locked(paths[0].parent / ".lock"):
+            for i, path in enumerate(paths):
+                if images[i] is None and path.exists():
+                    images[i] = _decode(path)  # another job may have replaced it meanwhile
+                    if images[i] is None:
+                        quarantine(path, "PIL cannot decode it as an image")
+        return images
 
     def _generate(self, pipe: Any, items: Sequence[PromptItem]) -> list[Image.Image]:
         return self.render(pipe, items)

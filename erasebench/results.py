@@ -8,18 +8,26 @@ half-written file that a relaunch would mistake for a finished one.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import functools
 import hashlib
+import io
+import itertools
 import json
+import logging
 import os
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 import erasebench
+from erasebench.errors import CorruptFileError, MissingFileError
+
+log = logging.getLogger("erasebench")
 
 #: Columns of ``metrics.csv``: the key, the measurement, then provenance.
 COLUMNS = [
@@ -31,7 +39,9 @@ COLUMNS = [
 ]  # fmt: skip
 KEY = ["experiment", "model", "task", "concept", "method", "seed", "split", "evaluator", "metric"]
 # Settings that change a number; two rows that differ in one of these must never be averaged together.
-SETTINGS = ["model_source", "sampler", "image_seeds", "limit", "evaluator_settings", "method_settings", "dtype"]
+# The device too: CPU results depend on the thread count, and GPUs differ from CPUs in the last digits.
+SETTINGS = ["model_source", "sampler", "image_seeds", "limit", "evaluator_settings", "method_settings", "dtype",
+            "device"]
 
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
@@ -61,12 +71,46 @@ def versions() -> dict[str, str]:
             "diffusers": diffusers.__version__, "transformers": transformers.__version__}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary name next to ``path`` (``.<name>.<pid>.tmp``: parallel jobs never share one) to write
+    to; it is renamed onto ``path`` when the block succeeds, and removed when the block or the rename raises
+    (the error propagates), so a full disk leaves no ``*.tmp`` behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:  # also Ctrl-C: the half-written file is useless to everyone
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (the temporary file is removed if
+    either fails)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def quarantine(path: Path, reason: str) -> Path:
+    """Move a damaged file aside, in its directory, to ``<name>.corrupt`` (``.corrupt.1``, ... if taken): a name
+    no ``*.png``, ``metrics.csv`` or ``tensors.safetensors`` glob matches, so the file reads as absent and the
+    work that made it is redone, while the bad copy stays for inspection. The caller owns the directory
+    (a run's) or holds its lock (the image cache), so no one else picks the same name meanwhile.
+
+    Args:
+        path: The damaged file.
+        reason: What is wrong with it; logged, with both paths, as one warning line on ``erasebench``.
+
+    Returns:
+        The file's new path.
+    """
+    names = (path.with_name(f"{path.name}.corrupt{f'.{i}' if i else ''}") for i in itertools.count())
+    new = next(n for n in names if not n.exists())
+    os.replace(path, new)
+    log.warning("quarantined damaged %s as %s: %s", path, new, " ".join(reason.split()))
+    return new
 
 
 def write_metrics(rows: Sequence[Mapping[str, Any]], path: Path) -> pd.DataFrame:
@@ -77,12 +121,100 @@ def write_metrics(rows: Sequence[Mapping[str, Any]], path: Path) -> pd.DataFrame
 
 
 def finished_hash(run_dir: Path) -> str | None:
-    """The config hash of a finished run in ``run_dir``, or ``None`` if it has no complete results."""
+    """The config hash of a finished run in ``run_dir``, or ``None`` if it has no complete results.
+
+    A ``metrics.csv`` that fails :func:`read_metrics` is quarantined (see :func:`quarantine`) and the run
+    counts as unfinished, so a rerun redoes it instead of failing on the file.
+    """
     path = run_dir / "metrics.csv"
     if not path.exists():
         return None
-    hashes = pd.read_csv(path, usecols=["config_hash"], dtype=str)["config_hash"].unique()
+    frame, problem = _parse_metrics(path)
+    if frame is None:
+        quarantine(path, problem)
+        return None
+    hashes = frame["config_hash"].unique()
     return str(hashes[0]) if len(hashes) == 1 else None
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """Read a run's ``metrics.csv``, checking that it is complete and in the schema :func:`write_metrics` writes.
+
+    The schema: UTF-8 CSV text that ends with a newline (``to_csv`` always writes one, so a file without it
+    was cut mid-row); a header that holds every column of :data:`COLUMNS` (extra columns are allowed, the
+    order is not checked); at least one row; every row has exactly as many fields as the header; every row
+    has a non-empty ``config_hash``; every ``value`` is empty or parses as a float (``nan`` and ``inf``
+    included: an evaluator may legitimately produce them). Other columns may be empty.
+
+    Args:
+        path: The ``metrics.csv`` file.
+
+    Returns:
+        Its rows, read as the report reads them (``keep_default_na=False, na_values=[""]``), with
+        ``config_hash`` as text and ``value`` as float.
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+        CorruptFileError: The file breaks the schema; the message names it and the first problem found.
+    """
+    if not path.is_file():
+        raise MissingFileError(f"No metrics file '{path}'.")
+    frame, problem = _parse_metrics(path)
+    if frame is None:
+        raise CorruptFileError(f"The metrics file '{path}' is damaged: {problem}. A killed run, a full disk or "
+                               f"an edit leaves such a file; delete it, or rerun that run, which redoes it.")
+    return frame
+
+
+def _parse_metrics(path: Path) -> tuple[pd.DataFrame | None, str]:
+    # (frame, "") or (None, what is wrong); finished_hash logs the bare problem, read_metrics wraps it.
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return None, "it is not UTF-8 text"
+    problem = _metrics_problem(text)
+    if problem:
+        return None, problem
+    try:
+        frame = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], dtype={"config_hash": str})
+        frame["value"] = frame["value"].astype(float)
+    except ValueError as e:  # pandas' parser errors; the checks above should leave none
+        return None, f"pandas cannot read it ({e})"
+    return frame, ""
+
+
+def _metrics_problem(text: str) -> str | None:
+    if not text.strip():
+        return "it is empty"
+    if not text.endswith("\n"):
+        return "it ends mid-row (no final newline)"
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a long settings field is no damage
+    try:
+        records = [r for r in csv.reader(io.StringIO(text), strict=True) if r]  # blank lines, as pandas skips them
+    except csv.Error as e:
+        return f"it is not valid CSV ({e})"
+    header, rows = records[0], records[1:]
+    if missing := [c for c in COLUMNS if c not in header]:
+        return f"its header lacks the column(s) {', '.join(missing)}"
+    if not rows:
+        return "it has a header but no rows"
+    at_hash, at_value = header.index("config_hash"), header.index("value")
+    for i, row in enumerate(rows, start=1):
+        if len(row) != len(header):
+            return f"row {i} has {len(row)} fields, the header {len(header)}"
+        if not row[at_hash]:
+            return f"row {i} has no config_hash"
+        if row[at_value] and not _is_float(row[at_value]):
+            return f"row {i} has the value {row[at_value]!r}, not a number"
+    return None
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def file_digests(paths: Iterable[str]) -> dict[str, str]:
@@ -117,9 +249,8 @@ def save_erased(pipe: Any, before: Mapping[str, str], run_dir: Path, meta: Mappi
         tensors[key] = getattr(pipe, component).state_dict()[name].detach().to("cpu").contiguous()
     out = run_dir / "erased"
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".tensors.{os.getpid()}.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, out / "tensors.safetensors")
+    with atomic_path(out / "tensors.safetensors") as tmp:
+        save_file(tensors, str(tmp))
     atomic_write_text(out / "meta.json", json.dumps({**meta, "changed": changed}, indent=1, default=str))
     return changed
 
@@ -127,24 +258,81 @@ def save_erased(pipe: Any, before: Mapping[str, str], run_dir: Path, meta: Mappi
 def load_erased(pipe: Any, run_dir: Path, method_hash: str) -> bool:
     """Load a previous run's erased tensors into ``pipe`` if they were made with ``method_hash``.
 
+    Every tensor is checked before the first one is loaded, so a bad file never leaves ``pipe`` half
+    edited: the file must open as safetensors, every key must be ``component.name`` with ``component`` a
+    module of ``pipe`` and ``name`` in its state dict, and every shape must match exactly. A floating
+    tensor may differ in floating dtype from the pipeline's (``load_state_dict`` casts it; a run in another
+    dtype has another model fingerprint, hence another method hash, anyway); any other dtype must match
+    exactly. An unreadable ``meta.json`` or a bad tensors file is quarantined (see :func:`quarantine`).
+
     Returns:
         Whether the tensors were loaded (so erasure need not run again).
     """
-    from safetensors.torch import load_file
-
     meta_path, tensor_path = run_dir / "erased" / "meta.json", run_dir / "erased" / "tensors.safetensors"
     if not (meta_path.exists() and tensor_path.exists()):
         return False
-    meta = json.loads(meta_path.read_text())
+    meta = _read_meta(meta_path)
     # Data files the method read (e.g. S-GRACE's concept lists) count like its settings.
-    if meta.get("method_hash") != method_hash or not inputs_unchanged(meta.get("data_files", {})):
+    if meta is None or meta.get("method_hash") != method_hash or not inputs_unchanged(meta.get("data_files", {})):
         return False
-    by_component: dict[str, dict[str, Any]] = {}
-    for key, value in load_file(str(tensor_path)).items():
-        component, name = key.split(".", 1)
-        by_component.setdefault(component, {})[name] = value
+    by_component = _verified_tensors(pipe, tensor_path)
+    if by_component is None:
+        return False
     for component, state in by_component.items():
         module = getattr(pipe, component)
         ref = next(module.parameters())
         module.load_state_dict({k: v.to(ref.device) for k, v in state.items()}, strict=False)
     return True
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    # The object in meta.json, or None (and the file quarantined) if it is not one.
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(meta, dict):
+            return meta
+        problem = "not a JSON object"
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        problem = f"not JSON ({e})"
+    quarantine(path, problem)
+    return None
+
+
+def _verified_tensors(pipe: Any, path: Path) -> dict[str, dict[str, Any]] | None:
+    # component -> {name: tensor} of a safetensors file that fits pipe, or None (and the file quarantined).
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            refs = _reference_tensors(pipe, list(f.keys()))
+            for key, ref in refs.items():  # shapes come from the header: a bad file is caught before any read
+                if (shape := tuple(f.get_slice(key).get_shape())) != tuple(ref.shape):
+                    raise CorruptFileError(f"{key} has shape {list(shape)}, the pipeline's {list(ref.shape)}")
+            out: dict[str, dict[str, Any]] = {}
+            for key, ref in refs.items():
+                t = f.get_tensor(key)
+                if t.dtype != ref.dtype and not (t.dtype.is_floating_point and ref.dtype.is_floating_point):
+                    raise CorruptFileError(f"{key} has dtype {t.dtype}, the pipeline's {ref.dtype}")
+                component, name = key.split(".", 1)
+                out.setdefault(component, {})[name] = t
+    except (SafetensorError, CorruptFileError) as e:
+        quarantine(path, str(e))
+        return None
+    return out
+
+
+def _reference_tensors(pipe: Any, keys: Sequence[str]) -> dict[str, Any]:
+    # key -> the pipeline's tensor it replaces; CorruptFileError for a key that names none.
+    import torch
+
+    states: dict[str, dict[str, Any]] = {}
+    refs = {}
+    for key in keys:
+        component, _, name = key.partition(".")
+        if component not in states:
+            module = getattr(pipe, component, None) if component and not component.startswith("_") else None
+            states[component] = module.state_dict() if isinstance(module, torch.nn.Module) else {}
+        if name not in states[component]:
+            raise CorruptFileError(f"{key!r} names no tensor of the pipeline")
+        refs[key] = states[component][name]
+    return refs
