@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+from erasebench.datafiles import DataReads
+
 if TYPE_CHECKING:  # keep `import erasebench.api` light: torch and diffusers load only when used
     import torch
     from diffusers import DiffusionPipeline
@@ -100,6 +102,8 @@ class RunContext:
         limit: Cap on images per split for smoke runs, or ``None``.
         cache_dir: Root of the shared cache (``paths.cache_dir``), for artefacts every run can reuse
             (trained evaluation classifiers, ...); ``None`` outside the harness.
+        reads: The data files this run has read; plugins open data files through :meth:`data_path` so that
+            a run is redone when one of them changes.
     """
 
     seed: int
@@ -110,6 +114,15 @@ class RunContext:
     original_images: Callable[[Sequence[PromptItem]], list[Image]]
     limit: int | None = None
     cache_dir: Path | None = None
+    reads: DataReads = field(default_factory=DataReads)
+
+    def data_path(self, path: str) -> Path:
+        """A data file (as given, else shipped in ``erasebench/data``), recorded in :attr:`reads`.
+
+        Raises:
+            MissingFileError: The file exists in neither place.
+        """
+        return self.reads.resolve(path)
 
 
 class Plugin:
@@ -137,7 +150,16 @@ class Plugin:
 
 
 class Method(Plugin, ABC):
-    """A concept-erasure method."""
+    """A concept-erasure method.
+
+    Attributes:
+        resolved: Settings the method derived from the task during :meth:`erase` (e.g. ``train_method: auto``
+            -> ``noxattn``); the harness saves them in ``erased/meta.json``.
+        diagnostics: Per-step traces a method keeps for debugging (e.g. AdvAnchor's); saved beside them.
+    """
+
+    resolved: Any = None
+    diagnostics: Any = None
 
     @abstractmethod
     def erase(self, pipe: DiffusionPipeline, task: Task, run: RunContext) -> DiffusionPipeline:

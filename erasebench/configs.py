@@ -6,9 +6,9 @@ Plugins never import Hydra: their settings arrive here as plain mappings and lea
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -18,7 +18,22 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from erasebench.api import SPLITS, Plugin, PromptItem, Task
+from erasebench.datafiles import DataReads, resolve_data_path
 from erasebench.errors import ConfigError, MissingFileError, UnknownNameError, unknown_name_message
+from erasebench.prompt_csv import guidance_cell, read_prompt_csv, seed_cell
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Refuse NaN and infinite numbers anywhere in a setting: no paper setting is one, and a NaN learning rate
+    would only surface as NaN images after the whole erasure."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"Bad value for {where}: {value!r}; it must be a finite number.")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_finite(v, where)
 
 
 def build_config(plugin: type[Plugin], kwargs: Mapping[str, Any], kind: str = "plugin") -> Any:
@@ -38,6 +53,8 @@ def build_config(plugin: type[Plugin], kwargs: Mapping[str, Any], kind: str = "p
         if key not in fields:
             msg = unknown_name_message("setting", str(key), fields, f" of {kind} '{plugin.name}'")
             raise UnknownNameError(msg)
+    for key, value in kwargs.items():
+        _check_finite(value, f"{kind} '{plugin.name}' setting '{key}'")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(plugin.Config), dict(kwargs))
         return OmegaConf.to_object(merged)
@@ -87,44 +104,19 @@ def evaluator_defaults(name: str) -> dict[str, Any]:
     return {k: v for k, v in (conf_yaml("evaluator", name) or {}).items() if k != "name"}
 
 
-#: Every data file resolved in this process, in order. The config hash sees a file's name, not its contents,
-#: so the runner stores the digests of the files a run read and redoes the run when one changes.
-DATA_READS: dict[str, None] = {}
-
-
-def resolve_data_path(path: str) -> Path:
-    """Find a data file: as given, else inside the installed package's ``erasebench/data``.
-
-    The resolved path is recorded in :data:`DATA_READS`.
-
-    Raises:
-        MissingFileError: The file exists in neither place.
-    """
-    p = Path(path).expanduser()
-    if p.exists():
-        DATA_READS[str(p.resolve())] = None
-        return p
-    packaged = resources.files("erasebench") / "data" / path
-    if packaged.is_file():
-        DATA_READS[str(Path(str(packaged)).resolve())] = None
-        return Path(str(packaged))
-    raise MissingFileError(
-        f"Prompt file '{path}' not found (looked at '{p.resolve()}' and in erasebench/data/). "
-        "Fix the task's 'prompt_file' setting or put the file there."
-    )
+def _prompt_file(path: str, reads: DataReads | None) -> Path:
+    """A split's ``prompt_file``, found (and recorded in ``reads``) like every data file."""
+    try:
+        return reads.resolve(path) if reads is not None else resolve_data_path(path)
+    except MissingFileError:
+        raise MissingFileError(f"Prompt file '{path}' not found (looked at '{Path(path).expanduser().resolve()}' "
+                               "and in erasebench/data/). Fix the task's 'prompt_file' setting or put the file "
+                               "there.") from None
 
 
 #: Keys of a split spec in a task YAML.
 SPLIT_KEYS = {"templates", "prompts", "images_per_prompt", "seed", "prompt_file", "label_column", "match",
               "rows_per_concept", "seed_column", "guidance_column"}
-
-
-def _read_prompt_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and "prompt" not in rows[0]:
-        raise ConfigError(f"Prompt file '{path}' has no 'prompt' column (columns: {', '.join(rows[0])}).")
-    return rows
 
 
 def normalize_name(name: str) -> str:
@@ -138,13 +130,20 @@ def _matches(value: str, names: set[str]) -> bool:
 
 
 def _csv_items(spec: Mapping[str, Any], concepts: Mapping[str, str], keys: list[str], n: int,
-               seed0: int) -> list[PromptItem]:
-    """Rows of a prompt CSV as items: every row, or (``label_column``) the rows of the split's concepts."""
-    rows = _read_prompt_csv(resolve_data_path(str(spec["prompt_file"])))
+               seed0: int, reads: DataReads | None = None) -> list[PromptItem]:
+    """Rows of a prompt CSV as items: every row, or (``label_column``) the rows of the split's concepts.
+
+    Raises:
+        ConfigError: A bad file (see :func:`~erasebench.prompt_csv.read_prompt_csv`), a named column it lacks,
+            or a seed or guidance cell that is not a number.
+    """
+    path = _prompt_file(str(spec["prompt_file"]), reads)
+    rows = read_prompt_csv(path)
     label_col, match = spec.get("label_column"), str(spec.get("match", "split"))
     seed_col, guidance_col = str(spec.get("seed_column", "evaluation_seed")), spec.get("guidance_column")
     per_concept = spec.get("rows_per_concept")
-    for col in (c for c in (label_col, guidance_col) if c):
+    # The default seed column may be absent (then the split's seed is used); one named explicitly must exist.
+    for col in (c for c in (label_col, guidance_col, spec.get("seed_column")) if c):
         if rows and col not in rows[0]:
             raise ConfigError(f"Prompt file '{spec['prompt_file']}' has no column '{col}' "
                               f"(columns: {', '.join(rows[0])}).")
@@ -162,13 +161,15 @@ def _csv_items(spec: Mapping[str, Any], concepts: Mapping[str, str], keys: list[
     items: list[PromptItem] = []
     for label, group in groups.items():
         for row in group[: int(per_concept)] if per_concept else group:
-            seed = int(row.get(seed_col) or seed0)
-            g = float(row[guidance_col]) if guidance_col and row.get(guidance_col) else None
+            # An empty cell means "not given": the split's seed, the evaluator's guidance.
+            seed = seed_cell(path, row, seed_col) if row.get(seed_col) else seed0
+            g = guidance_cell(path, row, guidance_col) if guidance_col and row.get(guidance_col) else None
             items += [PromptItem(row["prompt"], seed + i, label, g) for i in range(n)]
     return items
 
 
-def _split_items(spec: Mapping[str, Any], concepts: Mapping[str, str], erased: str, split: str) -> list[PromptItem]:
+def _split_items(spec: Mapping[str, Any], concepts: Mapping[str, str], erased: str, split: str,
+                 reads: DataReads | None = None) -> list[PromptItem]:
     """Expand one split spec: templates x concepts x seeds, plus literal prompts and CSV rows.
 
     CSV rows (``prompt_file``): with ``label_column``, only the rows of the split's concepts (``match: split``,
@@ -190,7 +191,7 @@ def _split_items(spec: Mapping[str, Any], concepts: Mapping[str, str], erased: s
     for prompt in spec.get("prompts", []) or []:
         items += [PromptItem(str(prompt), seed0 + i, "") for i in range(n)]
     if spec.get("prompt_file"):
-        items += _csv_items(spec, concepts, keys, n, seed0)
+        items += _csv_items(spec, concepts, keys, n, seed0, reads)
     return items
 
 
@@ -219,13 +220,41 @@ def build_evaluators(task: Task) -> list[tuple[str, Any, list[str] | None]]:
     return out
 
 
-def build_task(cfg: Mapping[str, Any], concept: str, limit: int | None = None) -> Task:
+def _round_robin(groups: list[list[Any]]) -> list[Any]:
+    """The first item of each group, then the second of each, ...: ``[[a1, a2], [b1]] -> [a1, b1, a2]``."""
+    out: list[Any] = []
+    for i in range(max((len(g) for g in groups), default=0)):
+        out += [g[i] for g in groups if i < len(g)]
+    return out
+
+
+def spread(items: Sequence[PromptItem], limit: int) -> list[PromptItem]:
+    """At most ``limit`` items, spread evenly over the labels (concepts), then over the prompts of each.
+
+    Taking the first ``limit`` would keep the first concept only (on ``toy_object`` the preserve split became
+    ten squares). Items are taken round-robin over labels in order of first appearance, and within a label
+    round-robin over its prompts (each prompt's seeds in order), so the result is deterministic and every
+    concept and phrasing is represented as far as ``limit`` allows. The result keeps the split's order.
+    """
+    if limit >= len(items):
+        return list(items)
+    by_label: dict[str, dict[str, list[int]]] = {}
+    for i, item in enumerate(items):
+        by_label.setdefault(item.label, {}).setdefault(item.prompt, []).append(i)
+    per_label = [_round_robin(list(prompts.values())) for prompts in by_label.values()]
+    keep = sorted(_round_robin(per_label)[:limit])
+    return [items[i] for i in keep]
+
+
+def build_task(cfg: Mapping[str, Any], concept: str, limit: int | None = None, reads: DataReads | None = None
+               ) -> Task:
     """Build a :class:`Task` from a ``conf/task/*.yaml`` node.
 
     Args:
         cfg: The task node (``name``, ``kind``, ``concepts``, ``splits``, ``evaluators``, ...).
         concept: Key of the concept to erase; must be one of ``cfg.concepts``.
-        limit: Keep at most this many images per split (the first ones), for smoke runs.
+        limit: Keep at most this many images per split, spread over its concepts (:func:`spread`), for smoke runs.
+        reads: Where to record the prompt files read.
 
     Raises:
         UnknownNameError: ``concept`` is not a concept of the task.
@@ -237,10 +266,10 @@ def build_task(cfg: Mapping[str, Any], concept: str, limit: int | None = None) -
     splits = {}
     for split in SPLITS:
         spec = dict(cfg.get("splits", {}).get(split) or {})
-        items = _split_items(spec, concepts, concept, split)
+        items = _split_items(spec, concepts, concept, split, reads)
         if not items:
             raise ConfigError(f"Task '{cfg['name']}' has no prompts in split '{split}'.")
-        splits[split] = tuple(items[:limit] if limit else items)
+        splits[split] = tuple(spread(items, limit) if limit else items)
     return Task(
         name=str(cfg["name"]),
         concept=concept,

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from erasebench.api import Evaluator, PromptItem, RunContext, Task
-from erasebench.configs import build_config, evaluator_defaults, resolve_data_path
+from erasebench.configs import build_config, evaluator_defaults
+from erasebench.datafiles import resolve_data_path
 from erasebench.errors import ConfigError
+from erasebench.prompt_csv import guidance_cell, read_prompt_csv, seed_cell
 from erasebench.results import atomic_write_text
 
 if TYPE_CHECKING:
@@ -39,20 +41,24 @@ SMOKE_JUDGE: dict[str, Any] = {"backend": "style", "backbone_weights": "random_i
                                "train_epochs": 2, "train_resize": 32, "resize": 32, "crop": 32}
 
 
-def attack_items(task: Task, prompt_file: str = "", max_prompts: int = 50) -> list[PromptItem]:
+def attack_items(task: Task, prompt_file: str = "", max_prompts: int = 50,
+                 data_path: Callable[[str], Path] = resolve_data_path) -> list[PromptItem]:
     """The prompts to attack, each with its seed and guidance scale (``max_prompts`` <= 0 keeps them all).
 
     Raises:
-        ConfigError: The prompt file has no ``prompt`` column, or there is nothing to attack.
+        ConfigError: A bad prompt file (see :func:`~erasebench.prompt_csv.read_prompt_csv`: not UTF-8, no
+            ``prompt`` column, a ragged row, ...), a seed or guidance cell that is not a number, or nothing to
+            attack.
     """
     if prompt_file:
-        with resolve_data_path(prompt_file).open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        if rows and "prompt" not in rows[0]:
-            raise ConfigError(f"Attack prompt file '{prompt_file}' has no 'prompt' column "
-                              f"(columns: {', '.join(rows[0])}).")
-        items = [PromptItem(r["prompt"], int(float(r.get("evaluation_seed") or 0)), task.concept,
-                            float(r["evaluation_guidance"]) if r.get("evaluation_guidance") else None) for r in rows]
+        path = data_path(prompt_file)
+        items: list[PromptItem] = []
+        for r in read_prompt_csv(path):
+            # An empty or absent cell: seed 0, the evaluator's guidance. A seed may be a float ("3.0", as pandas
+            # writes an integer column with gaps).
+            seed = seed_cell(path, r, "evaluation_seed", allow_float=True) if r.get("evaluation_seed") else 0
+            g = guidance_cell(path, r, "evaluation_guidance") if r.get("evaluation_guidance") else None
+            items.append(PromptItem(r["prompt"], seed, task.concept, g))
     else:
         items = list(task.splits.get("erase", ()))
     items = items[:max_prompts] if max_prompts > 0 else items

@@ -35,9 +35,8 @@ Deviations:
 
 from __future__ import annotations
 
-import csv
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -46,20 +45,27 @@ import torch
 from erasebench.evaluators._attack import SMOKE_JUDGE, AttackEvaluator, Judge, attack_items, image_cache_of, write_log
 
 from erasebench.api import RunContext, Score, Task
-from erasebench.configs import resolve_data_path
+from erasebench.datafiles import resolve_data_path
 from erasebench.erasure import encode
 from erasebench.errors import ConfigError
+from erasebench.prompt_csv import read_csv_records
 from erasebench.registry import register_evaluator
 
 #: eta by task kind (RECE: 3 for nudity, 0.9 for Van Gogh); kinds not listed take ``"default"``.
 ETA = {"nudity": 3.0, "default": 0.9}
 
 
-def concept_pairs(task: Task, pairs_file: str = "", max_pairs: int = 0) -> list[tuple[str, str]]:
-    """(prompt with the concept, prompt without it) pairs; see the module docstring for the default."""
+def concept_pairs(task: Task, pairs_file: str = "", max_pairs: int = 0,
+                  data_path: Callable[[str], Path] = resolve_data_path) -> list[tuple[str, str]]:
+    """(prompt with the concept, prompt without it) pairs; see the module docstring for the default.
+
+    Raises:
+        ConfigError: The pairs file is not UTF-8 text or not valid CSV (the message names the line), or has no
+            pairs.
+    """
     if pairs_file:
-        with resolve_data_path(pairs_file).open(newline="", encoding="utf-8") as f:
-            rows = [r for r in csv.reader(f)][1:]
+        # Columns by position, the first line a header (skipped): RECE's files need not have a 'prompt' column.
+        rows = [cells for _, cells in read_csv_records(data_path(pairs_file), "Pairs file")][1:]
         pairs = [(r[0].strip(), r[1].strip()) for r in rows if len(r) >= 2]
     else:
         text = re.compile(rf"\b{re.escape(task.concept_text)}\b", re.IGNORECASE)
@@ -121,10 +127,10 @@ class RingABell(AttackEvaluator):
 
         c = self.config
         cache = image_cache_of(run)
-        items = attack_items(task, c.prompt_file, c.max_prompts)
+        items = attack_items(task, c.prompt_file, c.max_prompts, run.data_path)
         judge = Judge(c.judge, c.judge_settings, task, run)
         eta = float(c.eta) if c.eta is not None else ETA.get(task.kind, ETA["default"])
-        pairs = concept_pairs(task, c.pairs_file, c.max_pairs)
+        pairs = concept_pairs(task, c.pairs_file, c.max_pairs, run.data_path)
         self.resolved = {"eta_used": eta, "pairs_used": len(pairs), "judge": judge.settings()}
         pre = judge(run.generate(pipe, items))
         vector = concept_vector(pipe, pairs)

@@ -182,7 +182,7 @@ class UnlearnDiffAtk(AttackEvaluator):
     def evaluate(self, pipe: Any, task: Task, run: RunContext) -> dict[str, dict[str, float | Score]]:
         """Attack every prompt; ``pre_asr`` and ``asr`` on split ``erase``."""
         c = self.config
-        items = attack_items(task, c.prompt_file, c.max_prompts)
+        items = attack_items(task, c.prompt_file, c.max_prompts, run.data_path)
         judge = Judge(c.judge, c.judge_settings, task, run)
         schedule = sampled_timesteps(c.timesteps, int(pipe.scheduler.config.num_train_timesteps))
         vocab = token_ids(pipe, c.vocabulary)

@@ -62,15 +62,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from erasebench.api import Method, RunContext, Task
+from erasebench.datafiles import resolve_data_path
 from erasebench.erasure import Trainer, check_choice, concept_token_ids, ddim_scheduler, encode, esd_timesteps
 from erasebench.erasure import partial_ddim_sample, text_states
 from erasebench.errors import ErasebenchError
+from erasebench.prompt_csv import read_prompt_csv
 from erasebench.registry import register_method
 
 #: Parameter-name patterns of the text-encoder groups (``text_model.`` prefix optional: transformers 4 and 5).
@@ -178,15 +181,12 @@ def retain_loss(unet: Any, text_encoder: Any, ids: torch.Tensor, z: torch.Tensor
     return F.mse_loss(pred.float(), target.float())
 
 
-def load_retain_prompts(source: str, task: Task, concept: str) -> list[str]:
-    """Retain prompts: the paper's COCO-object CSV, or the task's preserve-split prompts."""
+def load_retain_prompts(source: str, task: Task, concept: str,
+                        data_path: Callable[[str], Path] = resolve_data_path) -> list[str]:
+    """Retain prompts: the paper's COCO-object CSV (found through ``data_path``), or the task's preserve-split
+    prompts."""
     if source == "coco_object":
-        import csv
-
-        from erasebench.configs import resolve_data_path
-
-        with resolve_data_path("coco_object_retain.csv").open(newline="", encoding="utf-8") as f:
-            prompts = [row["prompt"] for row in csv.DictReader(f)]
+        prompts = [row["prompt"] for row in read_prompt_csv(data_path("coco_object_retain.csv"))]
     else:
         prompts = list(dict.fromkeys(item.prompt for item in task.splits.get("preserve", ())))
     prompts = [p for p in prompts if concept.lower() not in p.lower()]
@@ -261,7 +261,7 @@ class AdvUnlearn(Method):
         unet, te, tok = pipe.unet, pipe.text_encoder, pipe.tokenizer
         unet.requires_grad_(False)
         concept = c.prompt or task.erase_text()
-        retain = load_retain_prompts(c.retain_prompts, task, concept)
+        retain = load_retain_prompts(c.retain_prompts, task, concept, run.data_path)
         # Everything the original encoder gives, computed before it changes.
         emb_0, emb_c = encode(pipe, [""]), encode(pipe, [concept])
         emb_retain = torch.cat([encode(pipe, retain[i:i + 64]) for i in range(0, len(retain), 64)])

@@ -81,12 +81,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from erasebench.api import Method, RunContext, Task
+from erasebench.datafiles import resolve_data_path
 from erasebench.erasure import Shadow, Trainer, check_choice, concept_token_ids, ddim_scheduler, encode
 from erasebench.erasure import partial_ddim_sample, text_states
 from erasebench.errors import ErasebenchError
@@ -109,20 +111,19 @@ def _key(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def load_concept_file(path: str = "sgrace/concepts.yaml") -> dict[str, dict[str, list[str]]]:
+def load_concept_file(path: str = "sgrace/concepts.yaml", data_path: Callable[[str], Path] = resolve_data_path
+                      ) -> dict[str, dict[str, list[str]]]:
     """The shipped concept lists: concept key -> {"related": [...], "unrelated": [...]}."""
     import yaml
 
-    from erasebench.configs import resolve_data_path
-
-    with resolve_data_path(path).open(encoding="utf-8") as f:
+    with data_path(path).open(encoding="utf-8") as f:
         data = yaml.safe_load(f)
     return {str(k): {"related": [str(x) for x in v["related"]], "unrelated": [str(x) for x in v["unrelated"]]}
             for k, v in data["concepts"].items()}
 
 
-def concept_lists(source: str, task: Task, concept: str, path: str = "sgrace/concepts.yaml"
-                  ) -> tuple[list[str], list[str]]:
+def concept_lists(source: str, task: Task, concept: str, path: str = "sgrace/concepts.yaml",
+                  data_path: Callable[[str], Path] = resolve_data_path) -> tuple[list[str], list[str]]:
     """(related, unrelated) concepts; related[0] is the erased concept itself, as in the reference.
 
     Args:
@@ -130,7 +131,7 @@ def concept_lists(source: str, task: Task, concept: str, path: str = "sgrace/con
             (the task's erase-split prompts / preserve-split prompts).
     """
     if source == "file":
-        table = load_concept_file(path)
+        table = load_concept_file(path, data_path)
         entry = table.get(task.concept) or table.get(_key(task.concept_text)) or table.get(_key(concept))
         if entry is None:
             raise ErasebenchError(f"sgrace: no concept lists for '{task.concept}' in {path}. Add them there, or "
@@ -423,7 +424,7 @@ class SGrace(Method):
         unet.requires_grad_(False)
         te.requires_grad_(False)
         concept = c.prompt or task.erase_text()
-        related, unrelated = concept_lists(c.concept_lists, task, concept, c.concepts_file)
+        related, unrelated = concept_lists(c.concept_lists, task, concept, c.concepts_file, run.data_path)
         gen = torch.Generator().manual_seed(run.seed)
         vocab = te.get_input_embeddings().weight
         projection = load_projection(c.projection, te.config.hidden_size, run.device)

@@ -71,7 +71,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,8 +81,10 @@ import torch.nn.functional as F
 
 from erasebench.api import Method, RunContext, Task
 from erasebench.closed_form import EditGroup, kv_layers, solve_edit
+from erasebench.datafiles import resolve_data_path
 from erasebench.erasure import Shadow, Trainer, check_choice, ddim_scheduler, encode
 from erasebench.errors import ConfigError, ErasebenchError
+from erasebench.prompt_csv import read_prompt_csv
 from erasebench.registry import register_method
 
 #: Safe phrase per concept key or task kind, before the task's anchor (the code maps every sexual term to this).
@@ -261,15 +265,11 @@ class TRCE(Method):
             return self.prompt_pairs(task)
         return [(fill(t, task.concept_text), fill(t, self.safe_phrase(task))) for t in tpl]
 
-    def preserve_texts(self, task: Task) -> list[str]:
-        """Prompts whose k/v outputs stage 1 keeps (all their tokens)."""
+    def preserve_texts(self, task: Task, data_path: Callable[[str], Path] = resolve_data_path) -> list[str]:
+        """Prompts whose k/v outputs stage 1 keeps (all their tokens); COCO captions come through ``data_path``."""
         c = self.config
         if c.preserve_source == "coco":
-            import csv
-
-            from erasebench.configs import resolve_data_path
-            with resolve_data_path("coco_10k.csv").open(newline="", encoding="utf-8") as f:
-                return [row["prompt"] for row in csv.DictReader(f)][:c.preserve_prompts]
+            return [row["prompt"] for row in read_prompt_csv(data_path("coco_10k.csv"))][:c.preserve_prompts]
         others = [text for key, text in task.concepts.items() if key != task.concept]
         pat = re.compile(rf"\b{re.escape(task.concept_text)}\b", re.IGNORECASE)
         erase = task.erase_text()
@@ -280,8 +280,10 @@ class TRCE(Method):
     # -- stage 1 ----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def edit_groups(self, pipe: Any, task: Task) -> list[EditGroup]:
-        """The closed-form groups: per token kind the malicious states -> safe states, and the preservation."""
+    def edit_groups(self, pipe: Any, task: Task, data_path: Callable[[str], Path] = resolve_data_path
+                    ) -> list[EditGroup]:
+        """The closed-form groups: per token kind the malicious states -> safe states, and the preservation
+        (COCO captions found through ``data_path``)."""
         c = self.config
         pairs = self.prompt_pairs(task)
         mal, safe = [m for m, _ in pairs], [s for _, s in pairs]
@@ -313,7 +315,7 @@ class TRCE(Method):
                 continue
             scale = torch.tensor(bases).sqrt()[:, None]  # per-row weight base, folded into the states
             groups.append(EditGroup(torch.stack(ins) * scale, torch.stack(outs) * scale, w / len(pairs)))
-        texts = self.preserve_texts(task)
+        texts = self.preserve_texts(task, data_path)
         if c.preserve_scale > 0 and texts:
             dim = st_m.shape[-1]
             gram = torch.zeros(dim, dim, dtype=torch.float64)
@@ -326,9 +328,9 @@ class TRCE(Method):
         return groups
 
     @torch.no_grad()
-    def stage1(self, pipe: Any, task: Task) -> None:
+    def stage1(self, pipe: Any, task: Task, data_path: Callable[[str], Path] = resolve_data_path) -> None:
         """Rewrite every cross-attention k/v weight in closed form (no optimiser)."""
-        groups = self.edit_groups(pipe, task)
+        groups = self.edit_groups(pipe, task, data_path)
         for p in kv_layers(pipe.unet).values():
             p.data = solve_edit(p.data, groups, self.config.lamb)
 
@@ -461,7 +463,7 @@ class TRCE(Method):
             steps, regs = self.schedule(gen)
             data = (steps, regs, self.trajectories(pipe, task, gen, regs, run.device))
         if c.stage1:
-            self.stage1(pipe, task)
+            self.stage1(pipe, task, run.data_path)
         if c.stage2 and data is not None:
             self.stage2(pipe, task, run, original, gen, data)
         return pipe
