@@ -10,11 +10,13 @@ from __future__ import annotations
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from erasebench.configs import conf_packages, conf_yaml, yaml_names
+from erasebench.plan import register_resolvers
 from erasebench.errors import ErasebenchError, unknown_name_message
 
 #: Config groups whose options are checked before Hydra starts, for a short message with the closest name.
@@ -30,21 +32,36 @@ LAUNCHERS = {
 }
 
 
+register_resolvers()  # ${erasebench_run:}, the run directory, in every process that resolves a job's config
+
+
 @hydra.main(version_base="1.3", config_path="pkg://erasebench.conf", config_name="config")
-def _app(cfg: DictConfig) -> None:
+def _app(cfg: DictConfig) -> dict[str, Any]:
+    """One job. In a sweep it returns its outcome (done, skipped or failed) rather than raising, so that
+    the sweep goes on; a single run exits with 2 on bad input and keeps the traceback of anything else."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from erasebench import runner
+    from erasebench.status import read_status, write_failure
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        plain = OmegaConf.to_container(cfg, resolve=True)
-        metrics = runner.run(plain, run_dir)  # type: ignore[arg-type]
-        print(runner.summary_table(metrics))
-    except ErasebenchError as exc:
-        # SystemExit passes through Hydra's job runner, so a bad input stops a sweep with one paragraph.
-        print(f"erasebench: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        outcome = runner.run_job(OmegaConf.to_container(cfg, resolve=True), run_dir)  # type: ignore[arg-type]
+    except Exception as exc:
+        if read_status(run_dir).get("status") != "failed":  # failed before the run started (a plugin import)
+            write_failure(run_dir, exc)
+        record = read_status(run_dir)
+        if in_sweep:
+            return {"status": "failed", "run_dir": str(run_dir), "error": record.get("error", str(exc)),
+                    "traceback": record.get("traceback")}
+        if isinstance(exc, ErasebenchError):
+            print(f"erasebench: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+    print(runner.summary_table(outcome.metrics))
+    return {"status": outcome.status, "run_dir": str(run_dir)}
 
 
 def _check_group_options(argv: list[str], options: dict[str, set[str]]) -> None:
@@ -118,9 +135,74 @@ def _expand_concept_all(argv: list[str]) -> list[str]:
     return argv  # an unknown task: the option check names the valid ones
 
 
+def _scope_method_settings(argv: list[str]) -> list[str]:
+    """``methods.<name>.<key>=v`` -> ``++methods.<name>.<key>=v``: Hydra adds keys to the empty ``methods``
+    node only with ``++``, and the user should not have to know that."""
+    return [f"++{a}" if a.startswith("methods.") and "=" in a else a for a in argv]
+
+
+#: Hydra flags after which no job runs (help, printing the config, completion) or the config comes from
+#: elsewhere: the single-run check is left to Hydra then.
+_NO_CHECK = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion",
+             "-p", "--package", "--resolve", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
+             "--experimental-rerun", "-m", "--multirun"}
+
+
+def _compose_or_exit(argv: list[str]) -> DictConfig:
+    """Compose the config as Hydra will (a sweep's values left out), or print why it cannot be and exit 2."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from erasebench.sweep import composition_message
+
+    given = [a for a in argv if not a.startswith("-")]
+    try:
+        base = [o.input_line for o in OverridesParser.create().parse_overrides(given) if not o.is_sweep_override()]
+        with initialize_config_module(config_module="erasebench.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=base, return_hydra_config=True)
+    except Exception as exc:  # Hydra's composition errors are several lines with a hint to a full trace
+        sweep = bool({"-m", "--multirun"} & set(argv))
+        print(f"erasebench: error: {composition_message(exc, sweep)} Nothing was started.", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _check_single_run(argv: list[str]) -> None:
+    """Check the config before Hydra creates a run directory (each job of a sweep is checked by the sweeper)."""
+    if any(a.split("=")[0] in _NO_CHECK - {"-m", "--multirun"} for a in argv):
+        return
+    from hydra.types import RunMode
+
+    from erasebench.jobs import prepare
+
+    cfg = _compose_or_exit(argv)
+    if cfg.hydra.mode == RunMode.MULTIRUN or {"-m", "--multirun"} & set(argv):
+        return
+    plain = {str(k): OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+             for k in cfg if k != "hydra"}
+    try:
+        prepare(plain)
+    except ErasebenchError as exc:
+        print(f"erasebench: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _register_sweeper() -> None:
+    """Make erasebench's sweeper known to Hydra. Hydra finds plugins by listing the ``hydra_plugins`` namespace,
+    which misses packages installed in editable mode (``pip install -e``), so it is registered by hand."""
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()  # first: the scan re-executes Hydra's modules, the sweeper's base class with them
+    from hydra_plugins.erasebench_sweeper.erasebench_sweeper import ErasebenchSweeper
+
+    plugins.register(ErasebenchSweeper)
+
+
 def main() -> None:
     """Console entry point."""
-    sys.argv = [sys.argv[0], *_add_third_party_conf(_expand_concept_all(sys.argv[1:]))]
+    _register_sweeper()
+    argv = _add_third_party_conf(_scope_method_settings(_expand_concept_all(sys.argv[1:])))
+    _check_single_run(argv)
+    sys.argv = [sys.argv[0], *argv]
     _app()
 
 

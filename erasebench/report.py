@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from erasebench.errors import ErasebenchError
-from erasebench.results import KEY, SETTINGS, atomic_write_text
+from erasebench.errors import CorruptFileError, ErasebenchError
+from erasebench.results import KEY, SETTINGS, atomic_write_text, read_metrics
 
 if TYPE_CHECKING:
     from erasebench.figures import Html, Section
@@ -37,18 +37,63 @@ GROUP = ["model", "task", "concept", "method", "evaluator", "split", "metric"]
 BLOCK = ["model", "task", "concept"]  # methods are compared within a block
 
 
+def unfinished(runs_dir: Path) -> pd.DataFrame:
+    """Runs under ``runs_dir`` without valid results: failed, queued, running or killed, or unreadable.
+
+    A run directory is one with ``status.json`` (every run since status files exist has one); its results
+    count only through a ``metrics.csv`` that :func:`erasebench.results.read_metrics` accepts.
+    """
+    from erasebench.status import read_status
+
+    rows = []
+    for status_file in sorted(Path(runs_dir).rglob("status.json")):
+        run_dir, record = status_file.parent, read_status(status_file.parent)
+        metrics = run_dir / "metrics.csv"
+        if metrics.exists():
+            try:
+                read_metrics(metrics)
+                continue
+            except CorruptFileError as exc:
+                record = {"status": "unreadable", "error": str(exc)}
+        state = record.get("status", "unknown")
+        if state == "running":
+            state = "running or killed"  # a killed job cannot update its status
+        rows.append({"run_dir": str(run_dir), "status": state, "error": record.get("error", ""),
+                     "traceback": record.get("traceback", ""), "at": record.get("at", "")})
+    return pd.DataFrame(rows, columns=["run_dir", "status", "error", "traceback", "at"])
+
+
+def _readable(files: list[Path]) -> list[pd.DataFrame]:
+    frames = []
+    for f in files:
+        try:
+            read_metrics(f)
+        except CorruptFileError as exc:  # listed by unfinished(); never averaged in
+            print(f"erasebench-report: warning: left out: {exc}", file=sys.stderr)
+            continue
+        frames.append(pd.read_csv(f, keep_default_na=False, na_values=[""]).assign(run_dir=str(f.parent)))
+    return frames
+
+
 def collect(runs_dir: Path) -> pd.DataFrame:
-    """Read every ``metrics.csv`` under ``runs_dir`` into one frame, the latest row per key.
+    """Read every valid ``metrics.csv`` under ``runs_dir`` into one frame, the latest row per key.
 
     Raises:
         ErasebenchError: No results, or rows that would be merged across different settings.
     """
     files = sorted(p for p in Path(runs_dir).rglob("metrics.csv") if "report" not in p.parts)
-    if not files:
-        raise ErasebenchError(f"No metrics.csv under '{runs_dir}'. Run `erasebench` first (see README).")
-    df = pd.concat([pd.read_csv(f, keep_default_na=False, na_values=[""]).assign(run_dir=str(f.parent))
-                    for f in files], ignore_index=True)
-    df = df.sort_values("finished_at").drop_duplicates(KEY, keep="last").reset_index(drop=True)
+    frames = _readable(files)
+    if not frames:
+        missing = unfinished(Path(runs_dir))
+        runs = "; ".join(f"{r.status}: {r.run_dir}" + (f" ({r.error})" if r.error else "")
+                         for r in missing.head(5).itertuples(index=False))
+        hint = f" {len(missing)} runs there have no results: {runs}." if len(missing) else ""
+        raise ErasebenchError(f"No readable metrics.csv under '{runs_dir}'.{hint} Run `erasebench` first "
+                              "(see README).")
+    df = pd.concat(frames, ignore_index=True)
+    # A rerun with the same settings replaces its older rows; rows that differ in a setting both stay, and the
+    # check below refuses them rather than keeping one silently.
+    df = df.sort_values("finished_at").drop_duplicates(KEY + SETTINGS, keep="last").reset_index(drop=True)
     # Method settings differ between methods by design; every other setting must agree within a column.
     for key, group in df.groupby(["model", "task", "concept", "evaluator", "metric"]):
         for col in (c for c in SETTINGS if c != "method_settings"):
@@ -135,14 +180,22 @@ def report(runs_dir: Path, out: Path | None = None, decimals: int = 3, grids: bo
     atomic_write_text(paths["summary"], summary.to_csv(index=False))
     atomic_write_text(paths["markdown"], to_markdown(text, best))
     atomic_write_text(paths["latex"], to_latex(text, best))
+    missing = unfinished(Path(runs_dir))
+    paths["runs"] = out / "unfinished_runs.csv"
+    atomic_write_text(paths["runs"], missing.to_csv(index=False))
+    if len(missing):
+        print(f"erasebench-report: warning: {len(missing)} runs have no results (see {paths['runs']}):", file=sys.stderr)
+        for r in missing.itertuples(index=False):
+            print(f"  {r.status}: {r.run_dir}" + (f": {r.error}" if r.error else ""), file=sys.stderr)
     if grids:
         for path in make_grids(df, out / "grids"):
             paths[f"grid {path.stem.removeprefix('grid_')}"] = path
-    paths.update(paper_outputs(df, summary, out, table_html(text, best)))
+    paths.update(paper_outputs(df, summary, out, table_html(text, best), missing))
     return paths
 
 
-def paper_outputs(df: pd.DataFrame, summary: pd.DataFrame, out: Path, summary_html: Html) -> dict[str, Path]:
+def paper_outputs(df: pd.DataFrame, summary: pd.DataFrame, out: Path, summary_html: Html,
+                  missing: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write the paper tables, NudeNet tables and bars, the trade-off scatter and ``index.html``."""
     # Imported here: both modules import this one (and matplotlib is slow to import for the CLI's --help).
     from erasebench.figures import Html, html_page, nudenet_bars, tradeoff_scatter
@@ -167,6 +220,8 @@ def paper_outputs(df: pd.DataFrame, summary: pd.DataFrame, out: Path, summary_ht
     if scatter := tradeoff_scatter(summary, out / "tradeoff.png"):
         paths["tradeoff"] = scatter
         sections.append(("Erase vs preserve ACC", [scatter]))
+    if missing is not None and len(missing):
+        sections.insert(1, (f"Runs without results ({len(missing)}: failed, queued, running or killed)", [missing]))
     paths["html"] = html_page(out, f"erasebench report: {out}", sections)
     return paths
 

@@ -1,8 +1,13 @@
-"""One run: load the model, erase, evaluate, write ``metrics.csv``.
+"""One run, in stages: plan -> erase or reuse -> evaluate -> write.
 
-Every input is validated before the model loads, so a typo fails in a second, not after an hour of
-training. A run whose ``metrics.csv`` carries the same config hash is skipped, and a run killed during
-evaluation reuses the erased tensors it saved, so relaunching a sweep redoes no finished work.
+1. **Plan** (:mod:`erasebench.plan`, :mod:`erasebench.jobs`): the config is checked and becomes a job and a
+   run identity before the model loads, so a typo fails in a second, not after an hour of training.
+2. **Erase or reuse**: under the run directory's lock, a run whose ``metrics.csv`` carries the same identity is
+   skipped; otherwise the method erases, or the erased tensors a killed run saved are loaded back.
+3. **Evaluate**: every evaluator of the task on the erased pipeline, one tidy row per split and metric.
+4. **Write**: ``data_files.json``, then ``metrics.csv`` (which marks the run finished), then ``status.json``.
+
+A run that raises records ``status.json`` (failed, the error) and ``traceback.txt`` before the error goes on.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,120 +27,180 @@ from typing import Any
 import torch
 
 from erasebench.api import PromptItem, RunContext, Score
-from erasebench.configs import DATA_READS, build_config, build_evaluators, build_task
+from erasebench.datafiles import DataReads
 from erasebench.errors import ConfigError
-from erasebench.generate import ImageCache, Sampler, fingerprint, weight_digests
+from erasebench.generate import ImageCache, fingerprint, weight_digests
+from erasebench.jobs import Job, prepare
+from erasebench.locks import exclusive
 from erasebench.models import load_pipeline, resolve_device, resolve_dtype
-from erasebench.registry import METHODS
-from erasebench.results import atomic_write_text, config_hash, file_digests, finished_hash, inputs_unchanged
-from erasebench.results import load_erased, save_erased, versions, write_metrics
+from erasebench.plan import is_done
+from erasebench.results import atomic_write_text, file_digests, load_erased, save_erased, versions, write_metrics
+from erasebench.results import config_hash as settings_digest
+from erasebench.status import read_status, write_failure, write_status
 
 log = logging.getLogger("erasebench")
 
 
-def _plugin_kwargs(node: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in node.items() if k != "name"}
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one run: ``status`` is ``done`` (ran now) or ``skipped`` (finished before)."""
+
+    status: str
+    run_dir: Path
+    metrics: Path
 
 
 def _link_images(paths: Sequence[Path], out: Path) -> None:
-    # Hard links give each run a browsable images/ folder without copying the cache.
+    # Hard links give each run a browsable images/ folder without copying the cache. Link to a private name,
+    # then rename over the target: the rename is atomic, so two processes never see a missing file.
     out.mkdir(parents=True, exist_ok=True)
     for i, src in enumerate(paths):
-        dst = out / f"{i:05d}.png"
-        if dst.exists():
-            dst.unlink()
+        dst, tmp = out / f"{i:05d}.png", out / f".{i:05d}.png.{os.getpid()}.tmp"
         try:
-            os.link(src, dst)
+            os.link(src, tmp)
         except OSError:
-            dst.write_bytes(src.read_bytes())
+            tmp.write_bytes(src.read_bytes())
+        os.replace(tmp, dst)
+        tmp.unlink(missing_ok=True)  # rename() does nothing when both names are links to one file already
 
 
 def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
-    """Run one (model, method, task, concept, seed) job.
+    """Run one job (see :func:`run_job`) and return the path of its ``metrics.csv``."""
+    return run_job(cfg, run_dir).metrics
+
+
+def run_job(cfg: Mapping[str, Any], run_dir: Path) -> Outcome:
+    """Run one (model, method with its settings, task, concept, seed) job in ``run_dir``.
 
     Args:
-        cfg: The resolved config (a plain dict of the composed Hydra config, without ``hydra``).
+        cfg: The composed config (plain containers, without ``hydra``).
         run_dir: The run directory.
 
-    Returns:
-        The path of ``metrics.csv``.
+    Raises:
+        ErasebenchError: Bad input, before the model loads (nothing is written).
     """
-    started = time.time()
-    chash = config_hash(cfg)
-    metrics_path, inputs_path = run_dir / "metrics.csv", run_dir / "data_files.json"
-    if finished_hash(run_dir) == chash:
-        # A run from before data files were recorded has no data_files.json and counts as up to date.
-        if inputs_unchanged(json.loads(inputs_path.read_text()) if inputs_path.exists() else {}):
-            log.info("skip: %s is done (config %s)", run_dir, chash)
-            return metrics_path
-        log.info("redo: a data file %s read has changed since it finished", run_dir)
-    DATA_READS.clear()
+    reads = DataReads()
+    job = prepare(cfg, reads)
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.csv"
 
-    # Validate everything before the model loads.
-    method_cls = METHODS.get(str(cfg["method"]["name"]))
-    method = method_cls(build_config(method_cls, _plugin_kwargs(cfg["method"]), "method"))
-    task = build_task(cfg["task"], str(cfg["concept"]), cfg.get("limit"))
-    evaluators = build_evaluators(task)
+    def waiting() -> str:
+        holder = read_status(run_dir)
+        return f"waiting: {run_dir} is being run by another process (pid {holder.get('pid')} on {holder.get('host')})"
+
+    with exclusive(run_dir / ".lock", on_wait=waiting):
+        if is_done(run_dir, job.config_hash):
+            log.info("skip: %s is done (config %s)", run_dir, job.config_hash)
+            return Outcome("skipped", run_dir, metrics_path)
+        write_status(run_dir, "running", config_hash=job.config_hash)
+        try:
+            _execute(job, run_dir, reads)
+        except BaseException as exc:
+            path = write_failure(run_dir, exc, job.config_hash)
+            log.error("failed: %s (%s: %s; traceback in %s)", run_dir, type(exc).__name__, exc, path)
+            raise
+        write_status(run_dir, "done", config_hash=job.config_hash)
+    return Outcome("done", run_dir, metrics_path)
+
+
+def _execute(job: Job, run_dir: Path, reads: DataReads) -> None:
+    started = time.time()
+    cfg = job.cfg
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
     device = resolve_device(str(cfg["device"]))
     dtype = resolve_dtype(str(cfg["model"].get("dtype", "auto")), device)
-    sampler_node = dict(cfg["model"]["sampler"])
-    batch_size = int(sampler_node.pop("batch_size", 8))
-    sampler = Sampler(**sampler_node)
-    cache = ImageCache(Path(cfg["paths"]["cache_dir"]) / "images", sampler, batch_size)
-
+    cache = ImageCache(Path(cfg["paths"]["cache_dir"]) / "images", job.sampler, job.batch_size)
     pipe = load_pipeline(cfg["model"], device, dtype)
     original_fp, before = fingerprint(pipe), weight_digests(pipe)
+    ctx = RunContext(seed=int(cfg["seed"]), device=device, dtype=dtype, run_dir=run_dir, generate=cache,
+                     original_images=_original_images(cfg["model"], cache, original_fp, device, dtype),
+                     limit=cfg.get("limit"), cache_dir=cache.root.parent, reads=reads)
+    if any(e.needs_original for _, e, _ in job.evaluators):
+        for items in job.task.splits.values():
+            cache.paths(pipe, items)
+    pipe, method_reads = _erase_or_reuse(job, pipe, ctx, original_fp, before)
+    rows = _evaluate(job, pipe, ctx, cache, original_fp)
+    for split, items in job.task.splits.items():
+        _link_images(cache.paths(pipe, items), run_dir / "images" / split)
+    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for row in rows:
+        row.update(duration_s=round(time.time() - started, 2), finished_at=finished)
+    # Before metrics.csv, which marks the run finished. The method's files were hashed after erasure.
+    task_reads = file_digests(p for p in reads.paths() if p not in method_reads)
+    atomic_write_text(run_dir / "data_files.json", json.dumps({**method_reads, **task_reads}, indent=1))
+    write_metrics(rows, run_dir / "metrics.csv")
+    log.info("wrote %d rows to %s (%d images generated)", len(rows), run_dir / "metrics.csv", cache.generated)
+
+
+def _original_images(model: Mapping[str, Any], cache: ImageCache, original_fp: str, device: torch.device,
+                     dtype: torch.dtype) -> Any:
+    """``original_images(items)`` for the run context: from the cache, else from a reloaded original model."""
     original_pipe: list[Any] = []
 
     def original_images(items: Sequence[PromptItem]) -> list[Any]:
-        # The original model's images are usually cached (generated before erasure); reload only if not.
-        paths = [cache.directory(None, original_fp) / cache.filename(it) for it in items]
-        if all(p.exists() for p in paths):
-            from PIL import Image
-
-            return [Image.open(p).convert("RGB") for p in paths]
+        # Usually cached (generated before erasure, checked when read); a second copy of the model loads if not.
+        cached = cache.cached(original_fp, items)
+        if cached is not None:
+            return cached
         if not original_pipe:
-            original_pipe.append(load_pipeline(cfg["model"], device, dtype))
+            original_pipe.append(load_pipeline(model, device, dtype))
         return cache(original_pipe[0], items)
 
-    ctx = RunContext(seed=int(cfg["seed"]), device=device, dtype=dtype, run_dir=run_dir, generate=cache,
-                     original_images=original_images, limit=cfg.get("limit"), cache_dir=cache.root.parent)
-    if any(e.needs_original for _, e, _ in evaluators):
-        for items in task.splits.values():
-            cache.paths(pipe, items)
+    return original_images
 
+
+def _method_hash(job: Job, original_fp: str) -> tuple[dict[str, Any], str]:
     # Everything that changes the erased weights; saved tensors are reused only when all of it matches.
-    method_meta = {"method": method.name, "settings": method.settings(), "task": task.name, "concept": task.concept,
-                   # The evaluators never change the weights: a run that only adds or changes one reuses them.
-                   "task_config": config_hash({"task": {k: v for k, v in cfg["task"].items() if k != "evaluators"}}),
-                   "seed": ctx.seed, "model_fingerprint": original_fp}
-    method_hash = hashlib.sha256(json.dumps(method_meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    if load_erased(pipe, run_dir, method_hash):
-        log.info("reusing erased tensors from %s", run_dir / "erased")
-        method_reads = json.loads((run_dir / "erased" / "meta.json").read_text()).get("data_files", {})
-    else:
-        torch.manual_seed(ctx.seed)
-        t0 = time.time()
-        before_reads = set(DATA_READS)
-        pipe = method.erase(pipe, task, ctx)
-        method_reads = file_digests(k for k in DATA_READS if k not in before_reads)
-        resolved = getattr(method, "resolved", None)  # settings a method derived from the task (e.g. "auto")
-        extra = {"resolved": resolved, "erase_seconds": time.time() - t0, "data_files": method_reads}
-        if getattr(method, "diagnostics", None):  # per-step traces a method keeps for debugging (e.g. AdvAnchor)
-            extra["diagnostics"] = method.diagnostics
-        changed = save_erased(pipe, before, run_dir, {**method_meta, "method_hash": method_hash, **extra})
-        log.info("%s changed %d tensors in %.1fs", method.name, len(changed), time.time() - t0)
+    task_cfg = {k: v for k, v in job.cfg["task"].items() if k != "evaluators"}  # evaluators never change weights
+    meta = {"method": job.method.name, "settings": job.method.settings(), "task": job.task.name,
+            "concept": job.task.concept, "task_config": settings_digest({"task": task_cfg}),
+            "seed": int(job.cfg["seed"]), "model_fingerprint": original_fp}
+    return meta, hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    rows: list[dict[str, Any]] = []
-    common = {"experiment": cfg.get("experiment_name", "adhoc"), "model": cfg["model"]["name"], "task": task.name,
-              "concept": task.concept, "method": method.name, "seed": ctx.seed, "config_hash": chash,
-              "model_source": cfg["model"].get("path") or cfg["model"].get("hub_id") or cfg["model"].get("source"),
-              "sampler": json.dumps(asdict(sampler), sort_keys=True), "image_seeds": "task-fixed",
-              "limit": cfg.get("limit"), "method_settings": json.dumps(method.settings(), sort_keys=True, default=str),
-              # CPU results depend on the thread count (float reductions are split differently), so it is recorded.
-              "device": f"cpu ({torch.get_num_threads()} threads)" if device.type == "cpu" else str(device),
-              "dtype": str(dtype).removeprefix("torch."), **versions()}
-    for label, ev, splits in evaluators:
+
+def _erase_or_reuse(job: Job, pipe: Any, ctx: RunContext, original_fp: str,
+                    before: Mapping[str, str]) -> tuple[Any, dict[str, str]]:
+    """Load the erased tensors a previous attempt saved, or erase now and save them.
+
+    Returns:
+        The erased pipeline and the digests of the data files the method read.
+    """
+    meta, method_hash = _method_hash(job, original_fp)
+    if load_erased(pipe, ctx.run_dir, method_hash):
+        log.info("reusing erased tensors from %s", ctx.run_dir / "erased")
+        saved = json.loads((ctx.run_dir / "erased" / "meta.json").read_text())
+        return pipe, saved.get("data_files", {})
+    torch.manual_seed(ctx.seed)
+    t0, mark = time.time(), len(ctx.reads)
+    pipe = job.method.erase(pipe, job.task, ctx)
+    method_reads = file_digests(ctx.reads.since(mark))
+    extra = {"resolved": job.method.resolved, "erase_seconds": time.time() - t0, "data_files": method_reads}
+    if job.method.diagnostics:  # per-step traces a method keeps for debugging (e.g. AdvAnchor)
+        extra["diagnostics"] = job.method.diagnostics
+    changed = save_erased(pipe, before, ctx.run_dir, {**meta, "method_hash": method_hash, **extra})
+    log.info("%s changed %d tensors in %.1fs", job.method.name, len(changed), time.time() - t0)
+    return pipe, method_reads
+
+
+def _common_columns(job: Job, ctx: RunContext) -> dict[str, Any]:
+    cfg, sampler = job.cfg, job.sampler
+    return {"experiment": cfg.get("experiment_name", "adhoc"), "model": cfg["model"]["name"],
+            "task": job.task.name, "concept": job.task.concept, "method": job.method.name, "seed": ctx.seed,
+            "config_hash": job.config_hash,
+            "model_source": cfg["model"].get("path") or cfg["model"].get("hub_id") or cfg["model"].get("source"),
+            "sampler": json.dumps(asdict(sampler), sort_keys=True), "image_seeds": "task-fixed",
+            "limit": cfg.get("limit"), "method_settings": json.dumps(job.method.settings(), sort_keys=True,
+                                                                      default=str),
+            # CPU results depend on the thread count (float reductions are split differently), so it is recorded.
+            "device": f"cpu ({torch.get_num_threads()} threads)" if ctx.device.type == "cpu" else str(ctx.device),
+            "dtype": str(ctx.dtype).removeprefix("torch."), **versions()}
+
+
+def _evaluate(job: Job, pipe: Any, ctx: RunContext, cache: ImageCache, original_fp: str) -> list[dict[str, Any]]:
+    """Every evaluator of the task on ``pipe``: one row per (evaluator, split, metric)."""
+    common, task, rows = _common_columns(job, ctx), job.task, []
+    for label, ev, splits in job.evaluators:
         result = ev.evaluate(pipe, replace(task, splits={s: task.splits[s] for s in splits}) if splits else task, ctx)
         settings = json.dumps(ev.settings(), sort_keys=True, default=str)
         for split, metrics in result.items():
@@ -148,17 +213,7 @@ def run(cfg: Mapping[str, Any], run_dir: Path) -> Path:
                 rows.append({**common, "split": split, "evaluator": label, "metric": metric, "value": score.value,
                              "n": score.n, "higher_is_better": ev.higher_is_better[metric],
                              "evaluator_settings": settings})
-    for split, items in task.splits.items():
-        _link_images(cache.paths(pipe, items), run_dir / "images" / split)
-    finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for row in rows:
-        row.update(duration_s=round(time.time() - started, 2), finished_at=finished)
-    # Before metrics.csv, which marks the run finished. The method's files were hashed after erasure.
-    task_reads = file_digests(k for k in DATA_READS if k not in method_reads)
-    atomic_write_text(inputs_path, json.dumps({**method_reads, **task_reads}, indent=1))
-    write_metrics(rows, metrics_path)
-    log.info("wrote %d rows to %s (%d images generated)", len(rows), metrics_path, cache.generated)
-    return metrics_path
+    return rows
 
 
 def summary_table(metrics_path: Path) -> str:

@@ -82,6 +82,13 @@ def trained_and_original(unet: Any, group: str) -> tuple[Any, dict[str, Any], An
     return original, params, frozen
 
 
+def run_dir_of(method_dir: Path, seed: int = 0) -> Path:
+    """The one run directory of ``<...>/<method>/<settings>/seed=<seed>`` under ``method_dir``."""
+    found = sorted(Path(method_dir).glob(f"*/seed={seed}"))
+    assert len(found) == 1, f"expected one run under {method_dir}, found {found}"
+    return found[0]
+
+
 def compose_cfg(overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The composed erasebench config as a plain dict (without the ``hydra`` node)."""
     with initialize_config_module(config_module="erasebench.conf", version_base="1.3"):

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_dir_of
 
 
 def test_single_run_writes_tidy_rows(tmp_path: Path) -> None:
     proc = run_cli(["model=tiny", "method=none"], tmp_path)
     assert proc.returncode == 0, proc.stderr
-    run_dir = tmp_path / "runs/adhoc/tiny/smoke/cat/none/seed=0"
+    run_dir = run_dir_of(tmp_path / "runs/adhoc/tiny/smoke/cat/none")
     df = pd.read_csv(run_dir / "metrics.csv")
     assert len(df) == 2 * 2  # (erase, preserve) x (brightness, pixel_std)
     assert set(df["split"]) == {"erase", "preserve"}

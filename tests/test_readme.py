@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_dir_of
 
 README = (REPO / "README.md").read_text()
 
@@ -42,7 +42,7 @@ def test_plugin_example_installs_and_runs(tmp_path: Path) -> None:
     assert pip.returncode == 0, pip.stderr
     proc = run_cli(["method=mute"], tmp_path, env={"PYTHONPATH": str(site)})
     assert proc.returncode == 0, proc.stderr
-    meta = json.loads((tmp_path / "runs/adhoc/tiny/smoke/cat/mute/seed=0/erased/meta.json").read_text())
+    meta = json.loads((run_dir_of(tmp_path / "runs/adhoc/tiny/smoke/cat/mute") / "erased/meta.json").read_text())
     assert meta["settings"] == {"strength": 0.8}  # the value from the plugin's own YAML
     assert meta["changed"] and all("attn2.to_v" in k for k in meta["changed"])
 
