@@ -1,8 +1,10 @@
 """The ``erasebench`` command: a Hydra app over ``conf/``.
 
 ``erasebench method=esd task=toy_object`` runs one job; ``erasebench -m method=esd,sdd seed=0,1`` sweeps;
-``erasebench -m experiment=<file>`` runs a sweep saved in ``conf/experiment/``. Errors the user can fix
-print one paragraph and exit with status 2.
+``erasebench -m experiment=<file>`` runs a sweep saved in ``conf/experiment/``;
+``methods.<method>.<setting>=value`` sets a setting of one method of a sweep. Errors the user can fix print
+one paragraph and exit with status 2, before anything runs: a single run's config is checked here before
+Hydra creates its directory, a sweep's by erasebench's sweeper (:mod:`erasebench.sweep`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from erasebench.configs import conf_packages, conf_yaml, yaml_names
-from erasebench.plan import register_resolvers
 from erasebench.errors import ErasebenchError, unknown_name_message
+from erasebench.plan import register_resolvers
 
 #: Config groups whose options are checked before Hydra starts, for a short message with the closest name.
 GROUPS = ("model", "method", "task", "experiment", "paths")
@@ -43,15 +45,13 @@ def _app(cfg: DictConfig) -> dict[str, Any]:
     from hydra.types import RunMode
 
     from erasebench import runner
-    from erasebench.status import read_status, write_failure
+    from erasebench.status import read_status
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         outcome = runner.run_job(OmegaConf.to_container(cfg, resolve=True), run_dir)  # type: ignore[arg-type]
-    except Exception as exc:
-        if read_status(run_dir).get("status") != "failed":  # failed before the run started (a plugin import)
-            write_failure(run_dir, exc)
+    except Exception as exc:  # run_job has written status.json and traceback.txt
         record = read_status(run_dir)
         if in_sweep:
             return {"status": "failed", "run_dir": str(run_dir), "error": record.get("error", str(exc)),

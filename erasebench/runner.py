@@ -77,11 +77,14 @@ def run_job(cfg: Mapping[str, Any], run_dir: Path) -> Outcome:
         run_dir: The run directory.
 
     Raises:
-        ErasebenchError: Bad input, before the model loads (nothing is written).
+        ErasebenchError: Bad input, before the model loads (only ``status.json`` is written, saying so).
     """
-    reads = DataReads()
-    job = prepare(cfg, reads)
-    run_dir = Path(run_dir)
+    reads, run_dir = DataReads(), Path(run_dir)
+    try:
+        job = prepare(cfg, reads)
+    except Exception as exc:  # in a sweep this is a plugin that fails to import (the rest was checked before)
+        write_failure(run_dir, exc)
+        raise
     metrics_path = run_dir / "metrics.csv"
 
     def waiting() -> str:

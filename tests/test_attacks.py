@@ -184,6 +184,7 @@ def _toy_run(method: str, shared: Path, evaluators: dict[str, Any]) -> dict[tupl
     return {(r.evaluator, r.metric): float(r.value) for r in df.itertuples()}
 
 
+@pytest.mark.slow  # trains ESD on the toy world (about 4.5 min at 1 thread) and attacks it: 6-7 min in all
 def test_unlearndiff_raises_esd_erase_acc_on_the_toy_world(toy_shared: Path, one_thread: None) -> None:
     started = time.time()
     values = _toy_run("esd", toy_shared, {"attack_unlearndiff": BUDGET, "attack_ring_a_bell": {"max_prompts": 10}})

@@ -29,6 +29,7 @@ def test_bench_speed_prints_the_three_ratios() -> None:
     assert out["flops_per_image"] > 0 and out["peak_source"].startswith("measured")
 
 
+@pytest.mark.slow  # bench_speed (default run) times generation through the same code
 def test_bench_generate_prints_throughput() -> None:
     out = _run("bench_generate.py", "--model", "tiny", "--images", "8")
     assert out["images"] == 8 and out["images_per_s"] > 0

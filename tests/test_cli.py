@@ -91,6 +91,11 @@ BAD_INPUT = {
     "unknown_concept": (["concept=cow"], "Unknown concept 'cow'"),
     "missing_prompt_file": (["+task.splits.erase.prompt_file=missing.csv"], "Prompt file 'missing.csv' not found"),
     "missing_weights_offline": (["model=sd14"], "huggingface-cli download CompVis/stable-diffusion-v1-4"),
+    "bad_seed": (["seed=abc"], "seed='abc': the seed must be a non-negative integer"),
+    "bad_device": (["device=cudaa"], "device='cudaa': valid devices are auto"),
+    "nan_setting": (["method=dummy", "method.scale=nan"], "setting 'scale': nan; it must be a finite number"),
+    "bad_limit": (["limit=2.5"], "limit=2.5: limit must be a positive integer"),
+    "setting_the_method_lacks": (["method=none", "method.scale=2"], "The method has no setting 'scale'"),
 }
 
 
@@ -104,4 +109,8 @@ def test_bad_input_is_one_paragraph_and_nonzero(case: str, tmp_path: Path) -> No
     assert "Traceback" not in proc.stderr
     if case == "missing_weights_offline":
         assert str(tmp_path / "hf") in proc.stderr  # names the cache it looked in
+        [status] = (tmp_path / "runs").rglob("status.json")  # found when the model loads: the run says so
+        assert '"failed"' in status.read_text()
+    else:
+        assert not (tmp_path / "runs").exists()  # refused before Hydra made a run directory or a model loaded
     assert not list((tmp_path / "runs").rglob("metrics.csv"))

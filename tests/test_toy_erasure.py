@@ -1,9 +1,8 @@
 """The Methods I, II and III bar on the toy world, through the harness itself (``runner.run`` on ``model=toy``).
 
 Bar: the erased concept's ``acc_erase`` <= 0.30 and the mean ``acc_preserve`` of the other concepts within
-0.15 of the unmodified model's. The default test run has one method per kind of concept: ESD on toy_object
-(trained once, shared with the attack tests) and UCE on toy_style (a closed form, seconds); the others are
-``slow``. Methods that miss the bar at the settings tried are ``xfail(strict=True)`` with the
+0.15 of the unmodified model's. The default test run has one method per kind of concept: UCE on toy_object (a
+closed form, seconds) and S-GRACE on toy_style (trained); the others, ESD included, are ``slow``. Methods that miss the bar at the settings tried are ``xfail(strict=True)`` with the
 measured numbers, so a change that makes them pass is noticed.
 """
 
@@ -46,7 +45,9 @@ def _acc(method: str, task: str, shared: Path) -> dict[str, float]:
     return {"erase": float(acc["acc_erase"]), "preserve": float(acc["acc_preserve"])}
 
 
-DEFAULT_RUN = {("esd", "toy_object"), ("uce", "toy_style")}
+# One closed form (UCE, seconds) and one trained method (S-GRACE, the fastest trained one on toy styles) keep
+# both kinds of concept in the default run; ESD (about 4.5 min at 1 thread) and the rest are `slow`.
+DEFAULT_RUN = {("uce", "toy_object"), ("sgrace", "toy_style")}
 CASES = [pytest.param(m, t, marks=[*([pytest.mark.slow] if (m, t) not in DEFAULT_RUN else []),
                                    *([pytest.mark.xfail(reason=MISSES[(m, t)], strict=True)] if (m, t) in MISSES else [])],
                       id=f"{m}-{t}")
