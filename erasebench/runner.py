@@ -34,7 +34,8 @@ from erasebench.jobs import Job, prepare
 from erasebench.locks import exclusive
 from erasebench.models import load_pipeline, resolve_device, resolve_dtype
 from erasebench.plan import is_done
-from erasebench.results import atomic_write_text, file_digests, load_erased, save_erased, versions, write_metrics
+from erasebench.erased import load_erased, save_erased
+from erasebench.results import atomic_write_text, file_digests, versions, write_metrics
 from erasebench.results import config_hash as settings_digest
 from erasebench.status import read_status, write_failure, write_status
 

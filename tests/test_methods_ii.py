@@ -215,7 +215,7 @@ def test_advunlearn_changes_only_the_text_encoder_and_it_loads_into_a_fresh_pipe
         _tiny_master: Any, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    from erasebench.results import save_erased
+    from erasebench.erased import save_erased
 
     pipe = copy.deepcopy(_tiny_master)
     before = weight_digests(pipe)

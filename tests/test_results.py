@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from erasebench.generate import weight_digests
-from erasebench.results import COLUMNS, config_hash, finished_hash, load_erased, save_erased, write_metrics
+from erasebench.erased import load_erased, save_erased
+from erasebench.results import COLUMNS, config_hash, finished_hash, write_metrics
 
 
 def test_only_changed_tensors_are_saved_and_reload_reproduces(_tiny_master: Any, tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ from PIL import Image
 from erasebench.api import PromptItem
 from erasebench.errors import CorruptFileError
 from erasebench.generate import ImageCache, Sampler, fingerprint, png_intact, weight_digests
-from erasebench.results import COLUMNS, atomic_write_text, finished_hash, load_erased, read_metrics, save_erased
+from erasebench.erased import load_erased, save_erased
+from erasebench.results import COLUMNS, atomic_write_text, finished_hash, read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import compose_cfg  # noqa: E402
