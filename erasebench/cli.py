@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from erasebench.configs import conf_packages, conf_yaml, yaml_names
 from erasebench.errors import ErasebenchError, unknown_name_message
-from erasebench.plan import register_resolvers
+from erasebench.plan import job_config, register_resolvers
 
 #: Config groups whose options are checked before Hydra starts, for a short message with the closest name.
 GROUPS = ("model", "method", "task", "experiment", "paths")
@@ -145,7 +145,7 @@ def _scope_method_settings(argv: list[str]) -> list[str]:
 #: elsewhere: the single-run check is left to Hydra then.
 _NO_CHECK = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion",
              "-p", "--package", "--resolve", "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
-             "--experimental-rerun", "-m", "--multirun"}
+             "--experimental-rerun"}
 
 
 def _compose_or_exit(argv: list[str]) -> DictConfig:
@@ -168,7 +168,7 @@ def _compose_or_exit(argv: list[str]) -> DictConfig:
 
 def _check_single_run(argv: list[str]) -> None:
     """Check the config before Hydra creates a run directory (each job of a sweep is checked by the sweeper)."""
-    if any(a.split("=")[0] in _NO_CHECK - {"-m", "--multirun"} for a in argv):
+    if any(a.split("=")[0] in _NO_CHECK for a in argv):
         return
     from hydra.types import RunMode
 
@@ -177,10 +177,8 @@ def _check_single_run(argv: list[str]) -> None:
     cfg = _compose_or_exit(argv)
     if cfg.hydra.mode == RunMode.MULTIRUN or {"-m", "--multirun"} & set(argv):
         return
-    plain = {str(k): OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-             for k in cfg if k != "hydra"}
     try:
-        prepare(plain)
+        prepare(job_config(cfg))
     except ErasebenchError as exc:
         print(f"erasebench: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from omegaconf import OmegaConf
 
 from erasebench.errors import ConfigError
 
+log = logging.getLogger("erasebench")
 #: Bumped when the meaning of a setting changes (2: ``limit`` spreads over the split's concepts, round-robin),
 #: so that runs made under the old meaning are never taken for finished ones.
 RUN_FORMAT = 2
@@ -156,13 +158,14 @@ def run_dir_resolver(*, _root_: Any) -> str:
     Hydra resolves its output directory in the process that runs the job (a Slurm node, a Ray worker), so
     every launcher computes the same directory from the same config.
     """
-    job = _job_dict(_root_)
+    job = job_config(_root_)
     overrides = list(OmegaConf.select(_root_, "hydra.overrides.task", default=[]) or [])
     return run_subdir(job, overrides)
 
 
-def _job_dict(root: Any) -> dict[str, Any]:
-    # Resolve key by key: resolving the whole root would resolve hydra.run.dir, i.e. this resolver again.
+def job_config(root: Any) -> dict[str, Any]:
+    """A composed Hydra config as plain containers, without its ``hydra`` node (what a job runs with)."""
+    # Key by key: resolving the whole root would resolve hydra.run.dir, i.e. the resolver above again.
     out: dict[str, Any] = {}
     for key in root:
         if key == "hydra":
@@ -193,5 +196,8 @@ def is_done(run_dir: Path, chash: str) -> bool:
     try:
         recorded = json.loads(inputs.read_text(encoding="utf-8")) if inputs.exists() else {}
     except ValueError:
-        return False  # unreadable: redo the run rather than trust it
-    return isinstance(recorded, dict) and inputs_unchanged(recorded)
+        recorded = None  # unreadable: redo the run rather than trust it
+    if isinstance(recorded, dict) and inputs_unchanged(recorded):
+        return True
+    log.info("redo: a data file %s read has changed since it finished", run_dir)
+    return False

@@ -67,11 +67,9 @@ def _readable(files: list[Path]) -> list[pd.DataFrame]:
     frames = []
     for f in files:
         try:
-            read_metrics(f)
+            frames.append(read_metrics(f).assign(run_dir=str(f.parent)))
         except CorruptFileError as exc:  # listed by unfinished(); never averaged in
             print(f"erasebench-report: warning: left out: {exc}", file=sys.stderr)
-            continue
-        frames.append(pd.read_csv(f, keep_default_na=False, na_values=[""]).assign(run_dir=str(f.parent)))
     return frames
 
 

@@ -28,13 +28,13 @@ import torch
 
 from erasebench.api import PromptItem, RunContext, Score
 from erasebench.datafiles import DataReads
+from erasebench.erased import load_erased, save_erased
 from erasebench.errors import ConfigError
 from erasebench.generate import ImageCache, fingerprint, weight_digests
 from erasebench.jobs import Job, prepare
 from erasebench.locks import exclusive
 from erasebench.models import load_pipeline, resolve_device, resolve_dtype
 from erasebench.plan import is_done
-from erasebench.erased import load_erased, save_erased
 from erasebench.results import atomic_write_text, file_digests, versions, write_metrics
 from erasebench.results import config_hash as settings_digest
 from erasebench.status import read_status, write_failure, write_status
@@ -124,7 +124,7 @@ def _execute(job: Job, run_dir: Path, reads: DataReads) -> None:
         for items in job.task.splits.values():
             cache.paths(pipe, items)
     pipe, method_reads = _erase_or_reuse(job, pipe, ctx, original_fp, before)
-    rows = _evaluate(job, pipe, ctx, cache, original_fp)
+    rows = _evaluate(job, pipe, ctx)
     for split, items in job.task.splits.items():
         _link_images(cache.paths(pipe, items), run_dir / "images" / split)
     finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -201,7 +201,7 @@ def _common_columns(job: Job, ctx: RunContext) -> dict[str, Any]:
             "dtype": str(ctx.dtype).removeprefix("torch."), **versions()}
 
 
-def _evaluate(job: Job, pipe: Any, ctx: RunContext, cache: ImageCache, original_fp: str) -> list[dict[str, Any]]:
+def _evaluate(job: Job, pipe: Any, ctx: RunContext) -> list[dict[str, Any]]:
     """Every evaluator of the task on ``pipe``: one row per (evaluator, split, metric)."""
     common, task, rows = _common_columns(job, ctx), job.task, []
     for label, ev, splits in job.evaluators:

@@ -20,6 +20,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from erasebench.plan import job_config
+
 log = logging.getLogger("erasebench")
 #: Overrides that only say where things go: left out of a job's label.
 _QUIET = ("paths.", "hydra.", "hydra/")
@@ -68,16 +70,11 @@ def compose_jobs(sweeper: Any, arguments: list[str]) -> tuple[list[list[list[str
     return batches, composed, errors
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    return {str(k): OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-            for k in cfg if k != "hydra"}
-
-
 def check_or_exit(composed: list[tuple[str, Any]], errors: list[tuple[str, str]]) -> None:
     """Check every job; print one message listing each bad one and exit with 2 if any is bad."""
     from erasebench.jobs import SweepCheck, check_sweep
 
-    found = check_sweep([(label, _plain(cfg)) for label, cfg in composed])
+    found = check_sweep([(label, job_config(cfg)) for label, cfg in composed])
     found = SweepCheck([*errors, *found.errors], found.plugin_errors)
     if found.errors:
         print(f"erasebench: error: {found.message(len(composed) + len(errors))}", file=sys.stderr)
