@@ -80,10 +80,50 @@ class Task:
 
 
 class Score(NamedTuple):
-    """A metric value with the number of samples behind it (for when it differs from the split size)."""
+    """A metric value with the number of samples behind it (for when it differs from the split size).
+
+    Attributes:
+        value: The metric.
+        n: Images (or attacked prompts) behind it.
+        samples: One value per image, in the split's item order, whose mean (or sum, see
+            :attr:`MetricInfo.per_image`) is ``value``; the harness bootstraps its confidence interval over
+            them and the report pairs them between methods. Empty for a set-level metric (FID).
+        ci: A set-level metric's own interval ``(low, high)`` (FID's bootstrap over image sets), if any.
+        ci_method: How ``ci`` was made, or why there is none (recorded in the row).
+    """
 
     value: float
     n: int
+    samples: tuple[float, ...] = ()
+    ci: tuple[float, float] | None = None
+    ci_method: str = ""
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What one (split, metric) means: how to read it, show it and aggregate it.
+
+    Attributes:
+        higher_is_better: Direction on this split (erase-split FID: higher, the erased model moved away;
+            preserve-split FID: lower); ``None`` = neither, no best is marked.
+        display: Name in tables and figures (``ACC``, ``FID``).
+        unit: ``%`` for a fraction shown in percent (the value stays a fraction), else empty.
+        per_image: How per-image samples give the value: ``mean``, ``sum`` (detection counts) or empty for a
+            set-level metric (FID, KID), which gets no per-image interval.
+        over_seeds: How seeds combine: ``mean``.
+        over_concepts: How a task's concepts combine in an average row: ``mean`` or ``sum``.
+    """
+
+    higher_is_better: bool | None
+    display: str = ""
+    unit: str = ""
+    per_image: str = "mean"
+    over_seeds: str = "mean"
+    over_concepts: str = "mean"
+
+    def aggregate(self) -> str:
+        """The text written into each row's ``aggregate`` column, e.g. ``images=mean seeds=mean concepts=mean``."""
+        return f"images={self.per_image or 'set'} seeds={self.over_seeds} concepts={self.over_concepts}"
 
 
 @dataclass
@@ -179,8 +219,20 @@ class Evaluator(Plugin, ABC):
 
     #: Metric name -> whether higher is better. Declares every metric the evaluator returns.
     higher_is_better: ClassVar[Mapping[str, bool]] = {}
+    #: (split, metric) -> its metadata; split ``"*"`` = every split. What is not listed falls back on
+    #: :attr:`higher_is_better` (see :meth:`metric_info`).
+    metrics: ClassVar[Mapping[tuple[str, str], MetricInfo]] = {}
     #: Whether it compares with the original model's images; the harness then renders those before erasure.
     needs_original: ClassVar[bool] = False
+
+    @classmethod
+    def metric_info(cls, split: str, metric: str) -> MetricInfo:
+        """The metadata of ``metric`` on ``split``: :attr:`metrics` for the split, then for ``"*"``, else a
+        mean over images in the direction :attr:`higher_is_better` declares."""
+        for key in ((split, metric), ("*", metric)):
+            if key in cls.metrics:
+                return cls.metrics[key]
+        return MetricInfo(cls.higher_is_better.get(metric), display=metric)
 
     @abstractmethod
     def evaluate(self, pipe: DiffusionPipeline, task: Task, run: RunContext) -> dict[str, dict[str, float | Score]]:

@@ -29,14 +29,17 @@ from erasebench.errors import CorruptFileError, MissingFileError
 
 log = logging.getLogger("erasebench")
 
-#: Columns of ``metrics.csv``: the key, the measurement, then provenance.
+#: Columns of ``metrics.csv``: the key, the measurement (with its metadata and interval), then provenance.
 COLUMNS = [
     "experiment", "model", "task", "concept", "method", "seed", "split", "evaluator", "metric",
-    "value", "n", "higher_is_better",
+    "value", "n", "higher_is_better", "metric_display", "unit", "aggregate", "ci_low", "ci_high", "ci_method",
     "config_hash", "erasebench_version", "git_sha", "model_source", "sampler", "image_seeds", "limit",
     "evaluator_settings", "method_settings", "device", "dtype", "torch", "diffusers", "transformers",
     "duration_s", "finished_at",
 ]  # fmt: skip
+#: Columns a file written before metric metadata and intervals existed lacks; read as empty.
+OPTIONAL = ["metric_display", "unit", "aggregate", "ci_low", "ci_high", "ci_method"]
+REQUIRED = [c for c in COLUMNS if c not in OPTIONAL]
 KEY = ["experiment", "model", "task", "concept", "method", "seed", "split", "evaluator", "metric"]
 # Settings that change a number; two rows that differ in one of these must never be averaged together.
 # The device too: CPU results depend on the thread count, and GPUs differ from CPUs in the last digits.
@@ -120,6 +123,15 @@ def write_metrics(rows: Sequence[Mapping[str, Any]], path: Path) -> pd.DataFrame
     return df
 
 
+#: Columns of ``per_image.csv``: each image's value of every metric that has one, in the split's item order.
+PER_IMAGE_COLUMNS = ["split", "evaluator", "metric", "index", "value", "prompt", "image_seed"]
+
+
+def write_per_image(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Write the per-image values of a run atomically (the report bootstraps and pairs them)."""
+    atomic_write_text(path, pd.DataFrame(list(rows)).reindex(columns=PER_IMAGE_COLUMNS).to_csv(index=False))
+
+
 def finished_hash(run_dir: Path) -> str | None:
     """The config hash of a finished run in ``run_dir``, or ``None`` if it has no complete results.
 
@@ -141,8 +153,8 @@ def read_metrics(path: Path) -> pd.DataFrame:
     """Read a run's ``metrics.csv``, checking that it is complete and in the schema :func:`write_metrics` writes.
 
     The schema: UTF-8 CSV text that ends with a newline (``to_csv`` always writes one, so a file without it
-    was cut mid-row); a header that holds every column of :data:`COLUMNS` (extra columns are allowed, the
-    order is not checked); at least one row; every row has exactly as many fields as the header; every row
+    was cut mid-row); a header that holds every column of :data:`REQUIRED` (extra columns are allowed, the
+    order is not checked; the :data:`OPTIONAL` ones of older files are added, empty); at least one row; every row has exactly as many fields as the header; every row
     has a non-empty ``config_hash``; every ``value`` is empty or parses as a float (``nan`` and ``inf``
     included: an evaluator may legitimately produce them). Other columns may be empty.
 
@@ -177,7 +189,9 @@ def _parse_metrics(path: Path) -> tuple[pd.DataFrame | None, str]:
         return None, problem
     try:
         frame = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""], dtype={"config_hash": str})
-        frame["value"] = frame["value"].astype(float)
+        frame = frame.reindex(columns=[*COLUMNS, *(c for c in frame.columns if c not in COLUMNS)])
+        for col in ("value", "ci_low", "ci_high"):
+            frame[col] = frame[col].astype(float)
     except ValueError as e:  # pandas' parser errors; the checks above should leave none
         return None, f"pandas cannot read it ({e})"
     return frame, ""
@@ -194,7 +208,7 @@ def _metrics_problem(text: str) -> str | None:
     except csv.Error as e:
         return f"it is not valid CSV ({e})"
     header, rows = records[0], records[1:]
-    if missing := [c for c in COLUMNS if c not in header]:
+    if missing := [c for c in REQUIRED if c not in header]:
         return f"its header lacks the column(s) {', '.join(missing)}"
     if not rows:
         return "it has a header but no rows"

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from erasebench import stats
 from erasebench.api import PromptItem, RunContext, Score
 from erasebench.datafiles import DataReads
 from erasebench.erased import load_erased, save_erased
@@ -35,7 +36,7 @@ from erasebench.jobs import Job, prepare
 from erasebench.locks import exclusive
 from erasebench.models import load_pipeline, resolve_device, resolve_dtype
 from erasebench.plan import is_done
-from erasebench.results import atomic_write_text, file_digests, versions, write_metrics
+from erasebench.results import atomic_write_text, file_digests, read_metrics, versions, write_metrics, write_per_image
 from erasebench.results import config_hash as settings_digest
 from erasebench.status import read_status, write_failure, write_status
 
@@ -124,7 +125,7 @@ def _execute(job: Job, run_dir: Path, reads: DataReads) -> None:
         for items in job.task.splits.values():
             cache.paths(pipe, items)
     pipe, method_reads = _erase_or_reuse(job, pipe, ctx, original_fp, before)
-    rows = _evaluate(job, pipe, ctx)
+    rows, per_image = _evaluate(job, pipe, ctx)
     for split, items in job.task.splits.items():
         _link_images(cache.paths(pipe, items), run_dir / "images" / split)
     finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -133,6 +134,7 @@ def _execute(job: Job, run_dir: Path, reads: DataReads) -> None:
     # Before metrics.csv, which marks the run finished. The method's files were hashed after erasure.
     task_reads = file_digests(p for p in reads.paths() if p not in method_reads)
     atomic_write_text(run_dir / "data_files.json", json.dumps({**method_reads, **task_reads}, indent=1))
+    write_per_image(per_image, run_dir / "per_image.csv")
     write_metrics(rows, run_dir / "metrics.csv")
     log.info("wrote %d rows to %s (%d images generated)", len(rows), run_dir / "metrics.csv", cache.generated)
 
@@ -201,9 +203,14 @@ def _common_columns(job: Job, ctx: RunContext) -> dict[str, Any]:
             "dtype": str(ctx.dtype).removeprefix("torch."), **versions()}
 
 
-def _evaluate(job: Job, pipe: Any, ctx: RunContext) -> list[dict[str, Any]]:
-    """Every evaluator of the task on ``pipe``: one row per (evaluator, split, metric)."""
-    common, task, rows = _common_columns(job, ctx), job.task, []
+def _evaluate(job: Job, pipe: Any, ctx: RunContext) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every evaluator of the task on ``pipe``.
+
+    Returns:
+        One row per (evaluator, split, metric) for ``metrics.csv``, and one per image of each metric that has
+        per-image samples for ``per_image.csv``.
+    """
+    common, task, rows, images = _common_columns(job, ctx), job.task, [], []
     for label, ev, splits in job.evaluators:
         result = ev.evaluate(pipe, replace(task, splits={s: task.splits[s] for s in splits}) if splits else task, ctx)
         settings = json.dumps(ev.settings(), sort_keys=True, default=str)
@@ -214,21 +221,45 @@ def _evaluate(job: Job, pipe: Any, ctx: RunContext) -> list[dict[str, Any]]:
                 score = value if isinstance(value, Score) else Score(float(value), len(task.splits.get(split, ())))
                 if not math.isfinite(score.value):
                     log.warning("%s/%s/%s is not finite: %s", label, split, metric, score.value)
+                info = ev.metric_info(split, metric)
+                low, high, how = _interval(score, info.per_image, f"{label}/{split}/{metric}")
                 rows.append({**common, "split": split, "evaluator": label, "metric": metric, "value": score.value,
-                             "n": score.n, "higher_is_better": ev.higher_is_better[metric],
+                             "n": score.n, "higher_is_better": info.higher_is_better,
+                             "metric_display": info.display or metric, "unit": info.unit,
+                             "aggregate": info.aggregate(), "ci_low": low, "ci_high": high, "ci_method": how,
                              "evaluator_settings": settings})
-    return rows
+                items = task.splits.get(split, ())
+                aligned = len(items) == len(score.samples)  # attacks score their own prompt list
+                images += [{"split": split, "evaluator": label, "metric": metric, "index": i, "value": v,
+                            "prompt": items[i].prompt if aligned else "", "image_seed": items[i].seed if aligned else ""}
+                           for i, v in enumerate(score.samples)]
+    return rows, images
+
+
+def _interval(score: Score, per_image: str, where: str) -> tuple[float, float, str]:
+    """``(ci_low, ci_high, ci_method)`` of a score: bootstrapped over its samples, or the evaluator's own."""
+    if score.ci is not None:
+        return float(score.ci[0]), float(score.ci[1]), score.ci_method
+    if not score.samples or not per_image:
+        return math.nan, math.nan, score.ci_method or "no CI (no per-image values)"
+    recomputed = sum(score.samples) if per_image == "sum" else sum(score.samples) / len(score.samples)
+    if not math.isclose(recomputed, score.value, rel_tol=1e-6, abs_tol=1e-9):
+        # An evaluator whose samples do not give its value would get an interval around another number.
+        log.warning("%s: the %s of its per-image values is %s, not its value %s; no CI", where, per_image,
+                    recomputed, score.value)
+        return math.nan, math.nan, f"no CI (per-image {per_image} {recomputed:.6g} != value)"
+    low, high = stats.bootstrap_ci(score.samples, per_image)
+    return low, high, stats.ci_method()
 
 
 def summary_table(metrics_path: Path) -> str:
     """A short Markdown table of one run's results (split, evaluator, metric, value, n, direction)."""
-    import pandas as pd
-
-    df = pd.read_csv(metrics_path)
+    df = read_metrics(metrics_path)
     head = f"{df['method'].iloc[0]} on {df['model'].iloc[0]}/{df['task'].iloc[0]}/{df['concept'].iloc[0]}, " \
            f"seed {df['seed'].iloc[0]}: {metrics_path}"
-    lines = [head, "", "| split | evaluator | metric | value | n | better |", "|---|---|---|---|---|---|"]
+    lines = [head, "", "| split | evaluator | metric | value | 95% CI | n | better |", "|---|---|---|---|---|---|---|"]
     for r in df.itertuples(index=False):
-        better = "higher" if str(r.higher_is_better).lower() == "true" else "lower"
-        lines.append(f"| {r.split} | {r.evaluator} | {r.metric} | {r.value:.4g} | {r.n} | {better} |")
+        better = {"true": "higher", "false": "lower"}.get(str(r.higher_is_better).lower(), "--")
+        ci = f"{r.ci_low:.4g} to {r.ci_high:.4g}" if math.isfinite(r.ci_low) else "--"
+        lines.append(f"| {r.split} | {r.evaluator} | {r.metric} | {r.value:.4g} | {ci} | {r.n} | {better} |")
     return "\n".join(lines) + "\n"

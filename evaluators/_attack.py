@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from erasebench.api import Evaluator, PromptItem, RunContext, Task
+from erasebench.api import Evaluator, MetricInfo, PromptItem, RunContext, Task
 from erasebench.configs import build_config, evaluator_defaults
 from erasebench.datafiles import resolve_data_path
 from erasebench.errors import ConfigError
@@ -138,6 +138,7 @@ class AttackEvaluator(Evaluator):
     """Base of the attack evaluators: ``pre_asr`` / ``asr``, and settings that include what a run resolved."""
 
     higher_is_better = METRICS
+    metrics = {("*", "asr"): MetricInfo(False, "ASR", "%"), ("*", "pre_asr"): MetricInfo(False, "ASR before attack", "%")}
 
     def __init__(self, config: Any = None) -> None:
         """Create the attack; ``resolved`` (judge, schedule, ...) is filled in by ``evaluate``."""

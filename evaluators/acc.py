@@ -55,7 +55,7 @@ from erasebench.evaluators._common import (
 )
 
 from erasebench import weights
-from erasebench.api import Evaluator, PromptItem, RunContext, Score, Task
+from erasebench.api import Evaluator, MetricInfo, PromptItem, RunContext, Score, Task
 from erasebench.configs import normalize_name
 from erasebench.errors import ConfigError
 from erasebench.registry import register_evaluator
@@ -87,13 +87,17 @@ DEFAULTS: dict[str, tuple[str, int | None, int | None, bool]] = {
 }
 
 
-def accuracy(predictions: Sequence[int], targets: Sequence[Sequence[int] | set[int]]) -> float:
-    """Share of predictions that are among their item's target classes (0 for no items)."""
+def hits(predictions: Sequence[int], targets: Sequence[Sequence[int] | set[int]]) -> tuple[float, ...]:
+    """1.0 for each prediction among its item's target classes, else 0.0."""
     if len(predictions) != len(targets):
         raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
-    if not predictions:
-        return 0.0
-    return sum(int(p) in set(t) for p, t in zip(predictions, targets)) / len(predictions)
+    return tuple(float(int(p) in set(t)) for p, t in zip(predictions, targets))
+
+
+def accuracy(predictions: Sequence[int], targets: Sequence[Sequence[int] | set[int]]) -> float:
+    """Share of predictions that are among their item's target classes (0 for no items)."""
+    correct = hits(predictions, targets)
+    return sum(correct) / len(correct) if correct else 0.0
 
 
 def transform(images: Sequence[Image], resize: int | None, crop: int | None, normalize: bool) -> torch.Tensor:
@@ -136,6 +140,7 @@ class Accuracy(Evaluator):
     """Top-1 accuracy of a concept classifier on each split (``acc_erase`` ↓, ``acc_preserve`` ↑)."""
 
     higher_is_better = {"acc_erase": False, "acc_preserve": True}
+    metrics = {("*", "acc_erase"): MetricInfo(False, "ACC", "%"), ("*", "acc_preserve"): MetricInfo(True, "ACC", "%")}
     smoke_settings = {"backend": "style", "backbone_weights": RANDOM_TEST, "train_images_per_class": 2,
                       "train_epochs": 2, "train_resize": 32, "resize": 32, "crop": 32}
 
@@ -357,5 +362,6 @@ class Accuracy(Evaluator):
                                   "prompts or a prompt file without a 'label' column); acc needs one per item.")
             targets = [target(it.label) for it in items]  # fail on an unknown label before generating
             preds = predict(run.generate(pipe, items))
-            out[split] = {f"acc_{split}": Score(accuracy(preds, targets), len(items))}
+            correct = hits(preds, targets)
+            out[split] = {f"acc_{split}": Score(sum(correct) / max(1, len(correct)), len(items), correct)}
         return out

@@ -151,4 +151,5 @@ class RingABell(AttackEvaluator):
                                     "eta": eta, "pre_success": p, "success": h}
                                    for i, (it, p, h) in enumerate(zip(items, pre, hits))])
         n = len(items)
-        return {"erase": {"pre_asr": Score(sum(pre) / n, n), "asr": Score(sum(hits) / n, n)}}
+        return {"erase": {"pre_asr": Score(sum(pre) / n, n, tuple(map(float, pre))),
+                          "asr": Score(sum(hits) / n, n, tuple(map(float, hits)))}}

@@ -198,8 +198,9 @@ class UnlearnDiffAtk(AttackEvaluator):
                 rows[i].update(self.attack(pipe, items[i], x0[j:j + 1], schedule, vocab, judge, run))
         write_log(run, self.name, rows)
         n = len(items)
-        hits = sum(bool(r["success"]) for r in rows)
-        return {"erase": {"pre_asr": Score(sum(pre) / n, n), "asr": Score(hits / n, n)}}
+        hits = tuple(float(bool(r["success"])) for r in rows)
+        return {"erase": {"pre_asr": Score(sum(pre) / n, n, tuple(map(float, pre))),
+                          "asr": Score(sum(hits) / n, n, hits)}}
 
     def attack(self, pipe: Any, item: PromptItem, x0: torch.Tensor, schedule: list[int], vocab: list[int], judge: Judge,
                run: RunContext) -> dict[str, Any]:

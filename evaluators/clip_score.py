@@ -28,7 +28,7 @@ from typing import Any
 from erasebench.evaluators._common import batches, seeded, to_uint8
 
 from erasebench import weights
-from erasebench.api import Evaluator, RunContext, Score, Task
+from erasebench.api import Evaluator, MetricInfo, RunContext, Score, Task
 from erasebench.errors import ConfigError, MissingFileError
 from erasebench.registry import register_evaluator
 
@@ -120,6 +120,9 @@ class CLIPScoreEvaluator(Evaluator):
     """Mean CLIP score (0-100) between each image and its prompt, per split."""
 
     higher_is_better = {"clip_score": True}
+    # Agreement of each image with its own prompt: erase prompts name the concept, so an erased model should
+    # score lower there, and keep its score on the preserve split.
+    metrics = {("erase", "clip_score"): MetricInfo(False, "CLIP"), ("*", "clip_score"): MetricInfo(True, "CLIP")}
     smoke_settings = {"backbone": RANDOM_TINY_CLIP}
 
     @dataclass
@@ -152,11 +155,19 @@ class CLIPScoreEvaluator(Evaluator):
 
     def score(self, metric: Any, images: list[Any], prompts: list[str], device: Any) -> float:
         """Mean CLIP score of image/prompt pairs (the metric is reset first)."""
-        metric.reset()
+        return self.scores(metric, images, prompts, device)[0]
+
+    def scores(self, metric: Any, images: list[Any], prompts: list[str], device: Any) -> tuple[float, tuple[float, ...]]:
+        """The CLIP score of image/prompt pairs as torchmetrics computes it (mean, floored at 0), and each
+        pair's own score (100 x cosine, the per-sample values torchmetrics sums)."""
+        from torchmetrics.functional.multimodal.clip_score import _clip_score_update
+
+        each: list[float] = []
         for idx in batches(range(len(images)), self.config.batch_size):
             x = to_uint8([images[i] for i in idx]).to(device)
-            metric.update(list(x), [prompts[i] for i in idx])
-        return float(metric.compute())
+            score, _ = _clip_score_update(list(x), [prompts[i] for i in idx], metric.model, metric.processor)
+            each += score.detach().double().cpu().reshape(-1).tolist()
+        return max(sum(each) / len(each), 0.0) if each else 0.0, tuple(each)
 
     def evaluate(self, pipe: Any, task: Task, run: RunContext) -> dict[str, dict[str, float | Score]]:
         """CLIP score per split between ``run.generate`` images and their prompts."""
@@ -164,6 +175,6 @@ class CLIPScoreEvaluator(Evaluator):
         out: dict[str, dict[str, float | Score]] = {}
         for split, items in task.splits.items():
             images = run.generate(pipe, items)
-            value = self.score(metric, images, [it.prompt for it in items], run.device)
-            out[split] = {"clip_score": Score(value, len(images))}
+            value, each = self.scores(metric, images, [it.prompt for it in items], run.device)
+            out[split] = {"clip_score": Score(value, len(images), each)}
         return out

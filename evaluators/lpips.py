@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from erasebench.evaluators._common import RANDOM_TEST, batches, load_state_dict, seeded
 
 from erasebench import weights
-from erasebench.api import Evaluator, RunContext, Score, Task
+from erasebench.api import Evaluator, MetricInfo, RunContext, Score, Task
 from erasebench.errors import ConfigError
 from erasebench.registry import register_evaluator
 
@@ -134,6 +134,10 @@ class LPIPS(Evaluator):
     """Mean paired LPIPS (AlexNet, v0.1) between erased and original images, per split."""
 
     higher_is_better = {"lpips": False, "toy_lpips": False}
+    # Distance to the original model's image of the same prompt and seed: on the erase split erasing should
+    # move far from it (higher is better), on the preserve split stay close (lower), as AdvAnchor judges.
+    metrics = {(split, name): MetricInfo(split == "erase", label)
+               for name, label in (("lpips", "LPIPS"), ("toy_lpips", "toy LPIPS")) for split in ("erase", "preserve")}
     needs_original = True
     smoke_settings = {"backbone_weights": RANDOM_TEST}
 
@@ -191,5 +195,5 @@ class LPIPS(Evaluator):
         out: dict[str, dict[str, float | Score]] = {}
         for split, items in task.splits.items():
             d = self.distances(model, run.generate(pipe, items), run.original_images(items), run.device)
-            out[split] = {"toy_lpips" if toy else "lpips": Score(float(d.mean()), len(d))}
+            out[split] = {"toy_lpips" if toy else "lpips": Score(float(d.mean()), len(d), tuple(d.tolist()))}
         return out
