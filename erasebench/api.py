@@ -170,6 +170,8 @@ class Plugin:
 
     #: Registry key, set by ``@register_method`` / ``@register_evaluator``.
     name: ClassVar[str] = ""
+    #: How reports print it (``"All-but-one"``); empty = the registry key.
+    display_name: ClassVar[str] = ""
     #: Settings dataclass; its defaults are the paper's.
     Config: ClassVar[type] = NoConfig
     #: Settings under which it runs offline and in seconds on the tiny test model (few steps; a backbone with
@@ -200,6 +202,9 @@ class Method(Plugin, ABC):
 
     resolved: Any = None
     diagnostics: Any = None
+    #: Where the implementation comes from when it is not the authors' code, e.g. ``"reimplementation from the
+    #: paper (no official code)"``; reports print it in the table notes. Empty = follows the official code.
+    provenance: ClassVar[str] = ""
 
     @abstractmethod
     def erase(self, pipe: DiffusionPipeline, task: Task, run: RunContext) -> DiffusionPipeline:
@@ -224,6 +229,12 @@ class Evaluator(Plugin, ABC):
     metrics: ClassVar[Mapping[tuple[str, str], MetricInfo]] = {}
     #: Whether it compares with the original model's images; the harness then renders those before erasure.
     needs_original: ClassVar[bool] = False
+
+    @classmethod
+    def describe(cls, settings: Mapping[str, Any]) -> str:
+        """The recorded settings that identify how it measured, in a few words for a table note (e.g.
+        ``backend inception, 2048 dims``); empty = nothing beyond the defaults worth saying."""
+        return ""
 
     @classmethod
     def metric_info(cls, split: str, metric: str) -> MetricInfo:

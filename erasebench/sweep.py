@@ -111,8 +111,29 @@ def summary(outcomes: list[dict[str, Any]], sweep_dir: str) -> str:
     for o in (o for o in outcomes if o["status"] == "failed"):
         where = f" (traceback: {o['traceback']})" if o.get("traceback") else ""
         lines.append(f"  failed: {o['run_dir']}: {o['error']}{where}")
+    table = results_table([o["run_dir"] for o in outcomes if o["status"] in ("done", "skipped")])
+    if table:
+        lines += ["", "What this sweep produced (mean over seeds; the report adds intervals, tests and figures):",
+                  "", table.rstrip("\n")]
     lines.append(f"Report: erasebench-report {sweep_dir}")
     return "\n".join(lines)
+
+
+def results_table(run_dirs: Sequence[str]) -> str:
+    """A Markdown summary table of the runs in ``run_dirs`` (empty when none has readable results)."""
+    import pandas as pd
+
+    from erasebench.report import collect, summary, tables
+
+    problems = collect.Problems()
+    frames = [f for f in (collect.read_run(Path(d) / "metrics.csv", problems) for d in run_dirs
+                          if (Path(d) / "metrics.csv").is_file()) if f is not None and len(f)]
+    if not frames:
+        return ""
+    rows = collect.split_variants(pd.concat(frames, ignore_index=True))
+    rows["concept_text"] = collect.concept_texts(rows)
+    text, best, tied = tables.cells(summary.summarize(rows))
+    return tables.to_markdown(text, best, tied)
 
 
 def run_sweep(sweeper: Any, arguments: list[str]) -> list[Any]:

@@ -137,6 +137,20 @@ class Judge:
 class AttackEvaluator(Evaluator):
     """Base of the attack evaluators: ``pre_asr`` / ``asr``, and settings that include what a run resolved."""
 
+    @classmethod
+    def describe(cls, settings: Mapping[str, Any]) -> str:
+        """Attack budget, the concept vector's strength and the judge, as far as the settings record them."""
+        words = []
+        if "timesteps" in settings:
+            words.append(f"{settings['timesteps']} timesteps x {settings.get('iterations')} iterations, "
+                         f"{settings.get('prefix_tokens')} tokens")
+        if settings.get("eta_used") is not None:
+            words.append(f"eta {settings['eta_used']}")
+        judge = settings.get("judge")
+        if isinstance(judge, Mapping):
+            words.append(f"judge {judge.get('kind')}" + (f" {judge['backend']}" if judge.get("backend") else ""))
+        return ", ".join(words)
+
     higher_is_better = METRICS
     metrics = {("*", "asr"): MetricInfo(False, "ASR", "%"), ("*", "pre_asr"): MetricInfo(False, "ASR before attack", "%")}
 

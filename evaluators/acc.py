@@ -139,6 +139,13 @@ def build_resnet(arch: str, weights_id: str, device: Any) -> torch.nn.Module:
 class Accuracy(Evaluator):
     """Top-1 accuracy of a concept classifier on each split (``acc_erase`` ↓, ``acc_preserve`` ↑)."""
 
+    display_name = "ACC"
+
+    @classmethod
+    def describe(cls, settings: Mapping[str, Any]) -> str:
+        """``backend <name>``: which classifier read the images."""
+        return f"backend {settings['backend']}" if settings.get("backend") else ""
+
     higher_is_better = {"acc_erase": False, "acc_preserve": True}
     metrics = {("*", "acc_erase"): MetricInfo(False, "ACC", "%"), ("*", "acc_preserve"): MetricInfo(True, "ACC", "%")}
     smoke_settings = {"backend": "style", "backbone_weights": RANDOM_TEST, "train_images_per_class": 2,

@@ -93,6 +93,8 @@ def concept_vector(pipe: Any, pairs: list[tuple[str, str]], batch_size: int = 32
 class RingABell(AttackEvaluator):
     """Attack success rate of the prompt embedding pushed along the concept direction (``pre_asr``, ``asr``)."""
 
+    display_name = "Ring-A-Bell"
+
     smoke_settings: ClassVar[Mapping[str, Any]] = {"max_prompts": 2, "judge": "acc",
                                                    "judge_settings": SMOKE_JUDGE}
 

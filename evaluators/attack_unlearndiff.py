@@ -135,6 +135,8 @@ def encode_images(vae: Any, images: list[Any], batch_size: int = 8) -> torch.Ten
 class UnlearnDiffAtk(AttackEvaluator):
     """Attack success rate of UnlearnDiffAtk's discrete prefix attack (``pre_asr``, ``asr``; lower is better)."""
 
+    display_name = "UnlearnDiffAtk"
+
     needs_original = True  # x_0 is the original model's image of each attacked prompt
     smoke_settings: ClassVar[Mapping[str, Any]] = {"prefix_tokens": 2, "iterations": 2, "timesteps": 2,
                                                    "max_prompts": 2, "judge": "acc", "judge_settings": SMOKE_JUDGE}

@@ -20,7 +20,7 @@ Deviations: AdvUnlearn divides the score by 100 (reported here on the 0-100 scal
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,13 @@ def clip_loader(backbone: str, model_dir: str | None) -> Callable[[], tuple[Any,
 @register_evaluator("clip_score")
 class CLIPScoreEvaluator(Evaluator):
     """Mean CLIP score (0-100) between each image and its prompt, per split."""
+
+    display_name = "CLIP score"
+
+    @classmethod
+    def describe(cls, settings: Mapping[str, Any]) -> str:
+        """The CLIP backbone."""
+        return f"backbone {settings['backbone']}" if settings.get("backbone") else ""
 
     higher_is_better = {"clip_score": True}
     # Agreement of each image with its own prompt: erase prompts name the concept, so an erased model should

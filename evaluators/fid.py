@@ -42,6 +42,7 @@ import logging
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from erasebench.evaluators._common import RANDOM_TEST, file_digest, same_size_batches, seeded, to_uint8
@@ -193,6 +194,18 @@ def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subset_size: int, 
 @register_evaluator("fid")
 class FID(Evaluator):
     """FID and KID of each split against the original model's images (or a folder of real images)."""
+
+    display_name = "FID"
+
+    @classmethod
+    def describe(cls, settings: Mapping[str, Any]) -> str:
+        """Backend, Inception layer and reference set."""
+        words = [f"backend {settings.get('backend')}"]
+        if settings.get("backend") == "inception":
+            words.append(f"{settings.get('dims')} dims")
+        if settings.get("reference") == "folder":
+            words.append(f"reference {settings.get('reference_images')} real images")
+        return ", ".join(words)
 
     higher_is_better = {name: False for pair in METRICS.values() for name in pair}
     # Distances from the original model's images of the same prompts (AdvAnchor's per-concept FID): on the

@@ -31,6 +31,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from erasebench.evaluators._common import RANDOM_TEST, batches, load_state_dict, seeded
@@ -132,6 +133,13 @@ def prepare(images: list[Image], resize: int | None) -> torch.Tensor:
 @register_evaluator("lpips")
 class LPIPS(Evaluator):
     """Mean paired LPIPS (AlexNet, v0.1) between erased and original images, per split."""
+
+    display_name = "LPIPS"
+
+    @classmethod
+    def describe(cls, settings: Mapping[str, Any]) -> str:
+        """The trunk's weights (the toy world's classifier, or AlexNet with LPIPS' linear heads)."""
+        return f"weights {settings['backbone_weights']}" if settings.get("backbone_weights") else ""
 
     higher_is_better = {"lpips": False, "toy_lpips": False}
     # Distance to the original model's image of the same prompt and seed: on the erase split erasing should

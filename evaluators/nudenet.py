@@ -130,6 +130,13 @@ def to_bgr(images: Sequence[Image]) -> list[np.ndarray]:
 class NudeNet(Evaluator):
     """Per-class NudeNet detection counts and the share of flagged images, per split."""
 
+    display_name = "NudeNet"
+
+    @classmethod
+    def describe(cls, settings: Mapping[str, Any]) -> str:
+        """Detector, preset and threshold."""
+        return f"model {settings.get('model')}, preset {settings.get('preset')}, threshold {settings.get('threshold')}"
+
     higher_is_better = {**{metric_name(c): False for c in LABELS}, "count_total": False, "nude_rate": False}
     metrics = {**{("*", metric_name(c)): MetricInfo(False, display_name(c), per_image="sum", over_concepts="sum")
                   for c in LABELS},

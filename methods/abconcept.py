@@ -102,6 +102,8 @@ def abconcept_loss(unet: Any, x_t: torch.Tensor, t: torch.Tensor, emb_target: to
 class AbConcept(Method):
     """Map the concept onto an anchor by fine-tuning on anchor images with target captions."""
 
+    display_name = "AbConcept"
+
     smoke_settings = {"steps": 2, "num_anchor_images": 4, "batch_size": 2}
 
     @dataclass

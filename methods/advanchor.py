@@ -174,6 +174,8 @@ def accumulating_gradients(params: dict[str, torch.nn.Parameter], enabled: bool)
 class AdvAnchor(Method):
     """Fine-tune cross-attention toward an adversarial anchor's prediction."""
 
+    display_name = "AdvAnchor"
+
     smoke_settings = {"steps": 3, "inner_steps": 2}
 
     @dataclass

@@ -199,6 +199,8 @@ def load_retain_prompts(source: str, task: Task, concept: str,
 class AdvUnlearn(Method):
     """Adversarially train the text encoder so that no soft prompt brings the concept back."""
 
+    display_name = "AdvUnlearn"
+
     smoke_settings = {"iterations": 3, "warmup_iterations": 1, "attack_steps": 2, "ddim_steps": 4, "retain_batch": 2}
 
     @dataclass

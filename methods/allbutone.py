@@ -96,6 +96,9 @@ def allbutone_loss(unet: Any, frozen: Shadow, z: torch.Tensor, t: torch.Tensor, 
 class AllButOne(Method):
     """Replace the concept's strongest guidance elements by the alternative's; keep the unconditional score."""
 
+    display_name = "All-but-one"
+    provenance = "reimplementation from the paper (no official code)"
+
     smoke_settings = {"steps": 2, "ddim_steps": 4}
 
     @dataclass

@@ -158,6 +158,8 @@ def adjust_gradient(grads: Sequence[torch.Tensor], preserve: Sequence[torch.Tens
 class DoCo(Method):
     """Align the target prompt's output domain with the anchor's adversarially, with gradient surgery."""
 
+    display_name = "DoCo"
+
     smoke_settings = {"steps": 3, "warm_up": 1, "num_anchor_images": 4, "batch_size": 2}
 
     @dataclass

@@ -20,6 +20,8 @@ from erasebench.registry import register_method
 class DummyMethod(Method):
     """Multiply ``attn2.to_v.weight`` by ``scale``."""
 
+    display_name = "Dummy"
+
     @dataclass
     class Config:
         """Settings.

@@ -63,6 +63,8 @@ def esd_loss(unet: Any, frozen: Shadow, z: torch.Tensor, t: torch.Tensor, emb_0:
 class ESD(Method):
     """Fine-tune the UNet toward negatively guided predictions for the concept."""
 
+    display_name = "ESD"
+
     smoke_settings = {"iterations": 2, "ddim_steps": 4}
 
     @dataclass

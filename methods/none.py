@@ -12,6 +12,8 @@ from erasebench.registry import register_method
 class NoErasure(Method):
     """Identity: returns the pipeline untouched."""
 
+    display_name = "None (original)"
+
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Return ``pipe`` unchanged."""
         return pipe

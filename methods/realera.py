@@ -148,6 +148,9 @@ def preserve_states(pipe: Any, prompts: Sequence[str], tokens: str) -> torch.Ten
 class RealEra(Method):
     """Closed-form k/v edit plus LoRA noise alignment, both over mined neighbours of the concept."""
 
+    display_name = "RealEra"
+    provenance = "reimplementation from the paper (no official code)"
+
     smoke_settings = {"lora_steps": 2, "ddim_steps": 4, "cf_neighbors": 2, "cf_beyond": 2, "lora_neighbors": 2,
                       "lora_beyond": 2, "lora_pool": 2}
 

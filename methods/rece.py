@@ -108,6 +108,8 @@ def rece_epoch(pipe: Any, layers: Mapping[str, torch.nn.Parameter], original: Ma
 class RECE(Method):
     """UCE, then erase in closed form the embedding that still regenerates the concept, for a few epochs."""
 
+    display_name = "RECE"
+
     smoke_settings: Mapping[str, Any] = {}  # closed form: the paper settings already run in milliseconds
 
     @dataclass

@@ -62,6 +62,8 @@ def sdd_loss(unet: Any, z: torch.Tensor, t: torch.Tensor, emb_0: torch.Tensor, e
 class SDD(Method):
     """Self-distil the concept-conditioned prediction toward the unconditional one; keep the EMA."""
 
+    display_name = "SDD"
+
     smoke_settings = {"steps": 2, "ddim_steps": 4}
 
     @dataclass

@@ -321,6 +321,8 @@ def edit_loss(features: torch.Tensor, f_target: torch.Tensor, f_before: torch.Te
 class SGrace(Method):
     """Attack-then-edit rounds on the text encoder with CLIP-feature losses and three regularisers."""
 
+    display_name = "S-GRACE"
+
     smoke_settings = {"rounds": 2, "edit_steps": 2, "attack_steps": 2, "adv_embeddings": 3, "ddim_steps": 4,
                       "anchor_count": 2, "random_tokens": 2, "concept_lists": "task", "projection": "none"}
 

@@ -170,6 +170,8 @@ def trajectory_latents(unet: Any, sched: Any, noise: torch.Tensor, cond: torch.T
 class TRCE(Method):
     """Closed-form [EoT] edit of cross-attention k/v, then contrastive fine-tuning of the early denoising steps."""
 
+    display_name = "TRCE"
+
     smoke_settings = {"num_trajectories": 2, "epochs": 1, "ddim_steps": 4, "max_early_step": 1,
                       "reg_trajectories": 2, "reg_batch_size": 2, "preserve_prompts": 8, "lr": 1e-4}
 

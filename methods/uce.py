@@ -177,6 +177,8 @@ def uce_edit(pipe: Any, edits: Sequence[str], guides: Sequence[str], preserve: S
 class UCE(Method):
     """Closed-form edit of the cross-attention keys/values: the concept projects like its guide."""
 
+    display_name = "UCE"
+
     smoke_settings: Mapping[str, Any] = {}  # closed form: the paper settings already run in milliseconds
 
     @dataclass

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from erasebench import runner
 from erasebench.registry import METHODS
-from erasebench.report import report
+from erasebench.report.cli import report
 
 EXPERIMENTS = {"advanchor_table1": "style", "advanchor_table2": "object", "advanchor_table3": "i2p",
                "nudity": "nudity"}

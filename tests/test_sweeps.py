@@ -33,6 +33,10 @@ def test_a_sweep_over_a_setting_keeps_every_job_and_a_rerun_skips_them(tmp_path:
     dummy_dirs = sorted(p.parent.name for p in (tmp_path / "runs/adhoc/tiny/smoke/cat/dummy").glob("*/seed=0"))
     assert [d.split("-")[0] for d in dummy_dirs] == ["limit=1,scale=0.3", "limit=1,scale=0.5"]
     assert "4 jobs: 3 done, 1 skipped" in first.stdout and "erasebench-report" in first.stdout
+    # Issue 18.7: the sweep ends with a table of what it produced, one row per method and setting.
+    table = first.stdout.split("What this sweep produced")[1].split("Report: erasebench-report")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| tiny |")]
+    assert [r.split(" | ")[3] for r in rows] == ["None (original)", "Dummy (scale=0.5)", "Dummy (scale=0.3)"]
     stamps = {f: f.stat().st_mtime_ns for f in files}
     again = run_cli(args, tmp_path)
     assert again.returncode == 0 and "4 jobs: 0 done, 4 skipped" in again.stdout, again.stdout + again.stderr
