@@ -27,6 +27,14 @@ def test_single_run_writes_tidy_rows(tmp_path: Path) -> None:
     assert len(list((run_dir / "images/erase").glob("*.png"))) == 4
     assert (run_dir / "erased/meta.json").exists() and (run_dir / ".hydra/config.yaml").exists()
     assert "| erase | dummy | brightness |" in proc.stdout  # the run prints its results
+    # Per-image values and the interval they give; a set-level metric says it has none.
+    bright = df[df["metric"] == "brightness"].iloc[0]
+    assert bright["ci_low"] <= bright["value"] <= bright["ci_high"] and bright["ci_method"].startswith("bootstrap 95%")
+    assert df[df["metric"] == "pixel_std"]["ci_method"].str.startswith("no CI").all()
+    images = pd.read_csv(run_dir / "per_image.csv")
+    erase = images[(images["split"] == "erase") & (images["metric"] == "brightness")]
+    assert list(erase["index"]) == [0, 1, 2, 3] and erase["value"].mean() == pytest.approx(bright["value"])
+    assert set(df["metric_display"]) == {"brightness", "pixel std"}
 
 
 def test_saved_sweep_then_report(tmp_path: Path) -> None:

@@ -66,7 +66,27 @@ def test_evaluator_contract(name: str, tiny_pipe: Any, tmp_path: Path) -> None:
     ev = cls(build_config(cls, {**evaluator_defaults(name), **cls.smoke_settings}, "evaluator"))
     result = ev.evaluate(tiny_pipe, _task(), _ctx(tmp_path, tiny_pipe))
     assert set(result) <= set(SPLITS) and result
-    for metrics in result.values():
+    for split, metrics in result.items():
         assert set(metrics) <= set(cls.higher_is_better)
-        for value in metrics.values():
+        for metric, value in metrics.items():
             assert math.isfinite(value.value if isinstance(value, Score) else float(value))
+            info = cls.metric_info(split, metric)
+            assert info.higher_is_better in (True, False, None) and info.per_image in ("mean", "sum", "")
+            if isinstance(value, Score) and value.samples:  # per-image values give the value (the CI is around it)
+                assert info.per_image, (split, metric)
+                agg = sum(value.samples) if info.per_image == "sum" else sum(value.samples) / len(value.samples)
+                # torchmetrics floors the CLIP score's mean at 0, which only a random test model reaches; the
+                # runner then records "no CI" rather than an interval around another number.
+                floored = metric == "clip_score" and value.value == 0.0 and agg < 0
+                assert floored or agg == pytest.approx(value.value, rel=1e-6, abs=1e-9), (split, metric)
+
+
+@pytest.mark.parametrize("name", EVALUATORS.names())
+def test_evaluator_metric_metadata_covers_declared_metrics(name: str) -> None:
+    cls = EVALUATORS.get(name)
+    for (split, metric), info in cls.metrics.items():
+        assert metric in cls.higher_is_better, f"{name}: metadata for undeclared metric {metric}"
+        assert split in (*SPLITS, "*") and info.display, (name, split, metric)
+    for metric in cls.higher_is_better:
+        for split in SPLITS:
+            assert cls.metric_info(split, metric).display

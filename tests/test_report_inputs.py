@@ -180,3 +180,18 @@ def test_each_report_module_imports_on_its_own(module: str) -> None:
     name = "erasebench.report" if module == "__init__" else f"erasebench.report.{module}"
     proc = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_method_swept_over_a_setting_is_one_row_per_value_but_task_presets_are_not_variants() -> None:
+    from erasebench.report.collect import split_variants
+
+    rows = long_frame()
+    rows = rows[rows["method"] == "esd"].copy()
+    style = rows["task"] == "style"
+    rows.loc[~style, "method_settings"] = '{"lr": 2e-05}'  # another task's preset: the same method there
+    rows.loc[style & (rows["seed"] == 1), "method_settings"] = '{"lr": 3e-05}'  # a sweep within the block
+    out = split_variants(rows)
+    assert set(out[~style]["method"]) == {"esd"}
+    assert set(out[style]["method"]) == {"esd (lr=1e-05)", "esd (lr=3e-05)"}
+    s = summarize(out)
+    assert set(s[s["task"] == "style"]["seeds"]) == {1}  # never averaged across the two values

@@ -158,10 +158,11 @@ def collect(runs_dir: Path, out: Path | None = None, problems: Problems | None =
 
 
 def split_variants(df: pd.DataFrame) -> pd.DataFrame:
-    """A method run with several settings (a sweep over ``methods.uce.lamb``) becomes one method per setting,
-    named by what differs (``uce (lamb=0.1)``), so its variants are compared, never averaged together."""
+    """A method run with several settings in one block (a sweep over ``methods.uce.lamb``) becomes one method
+    per setting, named by what differs (``uce (lamb=0.1)``), so its variants are compared, never averaged
+    together. Settings that differ between tasks (toy presets per task) are no variants."""
     df = df.copy()
-    for method, group in df.groupby("method", sort=False):
+    for (*_, method), group in df.groupby(["model", "task", "concept", "method"], sort=False):
         variants = group["method_settings"].astype(str).unique()
         if len(variants) < 2:
             continue

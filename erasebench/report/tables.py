@@ -151,7 +151,8 @@ def to_html(text: pd.DataFrame, best: pd.DataFrame, tied: pd.DataFrame) -> str:
     """An HTML table (escaped): best cells bold, not-significantly-worse ones underlined; long headers wrap."""
     shown = text.map(lambda v: html.escape(str(v)))
     shown = shown.where(~best, "<b>" + shown + "</b>").where(~tied, "<u>" + shown + "</u>")
-    shown.index = [html.escape(" / ".join(map(str, i[:-1])) + " / " + method_name(i[-1])) for i in shown.index]
+    shown.index = [html.escape(" / ".join([*map(str, i[:-1]), method_name(str(i[-1]))]) if isinstance(i, tuple)
+                               else method_name(str(i))) for i in shown.index]
     shown.columns = [html.escape(str(c)) for c in shown.columns]
     return shown.to_html(escape=False, border=0, classes="summary")
 
