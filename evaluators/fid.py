@@ -40,9 +40,9 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from erasebench.evaluators._common import RANDOM_TEST, file_digest, same_size_batches, seeded, to_uint8

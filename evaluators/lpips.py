@@ -29,9 +29,9 @@ Deviations: none in the computation. ``lpips`` 0.1.4 would fetch the trunk throu
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from erasebench.evaluators._common import RANDOM_TEST, batches, load_state_dict, seeded

@@ -31,7 +31,7 @@ def esd_runs(runs: Path, seeds: int = 5) -> list[Path]:
     return sorted(runs.rglob("esd/seed=*"))
 
 
-def test_bad_files_are_left_out_with_a_warning_each_and_seeds_counted_per_cell(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_bad_files_are_left_out_with_a_warning_each_and_seeds_counted_per_cell(tmp_path: Path, capsys) -> None:
     runs = esd_runs(tmp_path / "runs")
     cut, nan, no_value = (r / "metrics.csv" for r in runs[1:4])
     cut.write_text(cut.read_text()[:-40])  # a killed writer: cut mid-row
@@ -53,7 +53,7 @@ def test_bad_files_are_left_out_with_a_warning_each_and_seeds_counted_per_cell(t
     assert "| ESD | 3 |" in table  # the row's seed count is the largest of its cells, not the number of files
 
 
-def test_strict_turns_every_warning_into_exit_2_naming_the_files(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_strict_turns_every_warning_into_exit_2_naming_the_files(tmp_path: Path, capsys) -> None:
     runs = esd_runs(tmp_path / "runs", seeds=2)
     (runs[1] / "metrics.csv").write_text("experiment,model\n")
     with pytest.raises(SystemExit) as exc:

@@ -188,6 +188,7 @@ def test_runs_console_table_says_higher_for_erase_fid(tmp_path: Path) -> None:
     """Issue 18.1: the per-run table follows the row's per-split direction."""
     from erasebench.evaluators.fid import FID
     from erasebench.evaluators.lpips import LPIPS
+
     from erasebench.runner import summary_table
 
     assert FID.metric_info("erase", "fid").higher_is_better is True
@@ -307,7 +308,7 @@ def test_all_zero_nudenet_bars_start_at_zero(summary: pd.DataFrame, tmp_path: Pa
     seen = {}
     original = plt.Figure.savefig
 
-    def spy(fig, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def spy(fig, *args, **kwargs):
         seen["ylim"] = fig.axes[0].get_ylim()
         return original(fig, *args, **kwargs)
 
@@ -327,7 +328,7 @@ def test_tradeoff_scatter_labels_do_not_overlap(summary: pd.DataFrame, tmp_path:
     boxes = []
     original = plt.Figure.savefig
 
-    def spy(fig, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+    def spy(fig, *args, **kwargs):
         renderer = fig.canvas.get_renderer()
         boxes.extend(t.get_window_extent(renderer) for ax in fig.axes for t in ax.texts)
         return original(fig, *args, **kwargs)
@@ -413,7 +414,7 @@ def test_grids_have_a_title_prompt_labels_and_one_method_order(long: pd.DataFram
     labels = []
     original = grids.grid_image
 
-    def spy(columns, row_labels, title, cell=96, pad=4):  # noqa: ANN001, ANN202
+    def spy(columns, row_labels, title, cell=96, pad=4):
         labels.append(([c for c, _ in columns], list(row_labels), title))
         return original(columns, row_labels, title, cell, pad)
 

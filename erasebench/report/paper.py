@@ -21,10 +21,10 @@ import json
 
 import pandas as pd
 
+from erasebench import stats
 from erasebench.report import latex
 from erasebench.report.plugins import evaluator_description, evaluator_name, method_name, method_provenance
 from erasebench.report.summary import (
-    BASELINE,
     PARTS,
     attacks,
     best_of,
@@ -246,8 +246,8 @@ def settings_note(summary: pd.DataFrame, long: pd.DataFrame | None, model: str, 
         for m, settings in zip(rows["method"], rows["method_settings"].astype(str), strict=True):
             provenance[m] = method_provenance(m, settings) or provenance.get(m, "")
     tests = sorted(set(blk["test"]) - {""})
-    notes.append(("tests: " + " / ".join(tests) + f" against the best method, pairs of images with the same prompt and "
-                  f"seeds, two-sided, alpha 0.05") if tests else "no paired tests (no per-image values)")
+    notes.append(("tests: " + " / ".join(tests) + " against the best method, pairs of images with the same prompt and "
+                  f"seeds, two-sided, alpha {stats.ALPHA}") if tests else "no paired tests (no per-image values)")
     notes += [f"{method_name(m)}: {how}" for m, how in provenance.items() if how]
     return latex.escape("; ".join(notes)) + "."
 
