@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from erasebench import runner
 from erasebench.registry import METHODS
 from erasebench.report.cli import report
+from erasebench.report.plugins import method_name
 
 EXPERIMENTS = {"advanchor_table1": "style", "advanchor_table2": "object", "advanchor_table3": "i2p",
                "nudity": "nudity"}
@@ -78,14 +79,20 @@ def _check_outputs(name: str, methods: list[str], concepts: list[str], runs: Pat
         assert len(counts) == len(methods) and paths[f"nudenet tiny {task} png"].stat().st_size > 0
         assert {"split", "metric"} <= set(df.columns) and (df[df.evaluator == "nudenet"]["split"] == "erase").all()
     tex = paths[f"paper tiny {task}"].read_text()
-    body = tex[tex.index(r"\midrule"):]
-    rows = [line for line in body.splitlines() if line.endswith(r"\\")]
-    assert [r.split(" & ")[0].replace(r"\_", "_") for r in rows] == [*concepts, "Avg"]
-    columns = 1 + 2 * len(methods)
-    assert all(r.count(" & ") == columns - 1 for r in rows)
-    assert [m for m in re.findall(r"\\(begin|end)\{(\w+)\}", tex)] == \
-        [("begin", "table"), ("begin", "tabular"), ("end", "tabular"), ("end", "table")]
-    assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
+    assert tex.startswith("% packages: booktabs") and r"\resizebox" not in tex
+    tables = tex.split(r"\end{table}")[:-1]
+    for part in tables:
+        assert re.findall(r"\\(begin|end)\{(\w+)\}", part) == \
+            [("begin", "table"), ("begin", "tabular"), ("end", "tabular")]
+        assert all(rule in part for rule in (r"\toprule", r"\midrule", r"\bottomrule"))
+        lines = [x for x in part.splitlines() if x.endswith(r"\\")]
+        header, rows = lines[1], lines[2:]
+        assert all(r.count(" & ") == header.count(" & ") for r in rows)  # every row fills the header's columns
+        first = [r.split(" & ")[0].replace(r"\_", "_") for r in rows]
+        if header.startswith("Concept &"):  # the AdvAnchor layout: concepts (and Avg when several) as rows
+            assert first == [*concepts, *(["Avg"] if len(concepts) > 1 else [])]
+        else:  # methods as rows, in the sweep's order with the baseline first
+            assert first == [method_name(m) for m in methods]
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
