@@ -1,6 +1,7 @@
 """Run outputs: tidy metric rows with provenance, checked when read, and atomic writes.
 
-A run directory holds ``metrics.csv`` (one row per split x metric), ``erased/`` (the tensors the method
+A run directory holds ``metrics.csv`` (one row per split x metric, with its metadata and 95% interval),
+``per_image.csv`` (each image's value of every per-image metric), ``erased/`` (the tensors the method
 changed: :mod:`erasebench.erased`), ``images/`` (links to the erased model's PNGs) and Hydra's ``.hydra/``.
 Every file is written to a temporary name and renamed, so a killed run never leaves a half-written file that
 a relaunch would mistake for a finished one; a damaged file found later is moved aside (:func:`quarantine`).
