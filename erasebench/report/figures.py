@@ -71,8 +71,11 @@ def _panel(ax: plt.Axes, points: list[tuple[str, str, float, float]], xlabel: st
         mine = [p for p in points if p[0] == group]
         ax.scatter([p[2] for p in mine], [p[3] for p in mine], marker=MARKERS[i % len(MARKERS)], color=f"C{i}",
                    label=group, zorder=3)
+        at: dict[tuple[float, float], list[str]] = {}  # methods on the same spot share one label
         for _, method, x, y in mine:
-            texts.append(ax.text(x, y, method_name(method), fontsize=7, color=f"C{i}"))
+            at.setdefault((round(x, 1), round(y, 1)), []).append(method_name(method))
+        for (x, y), names in at.items():
+            texts.append(ax.text(x, y, ", ".join(names), fontsize=7, color=f"C{i}"))
             xs.append(x)
             ys.append(y)
     ax.set_xlabel(xlabel)
