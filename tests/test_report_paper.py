@@ -273,7 +273,8 @@ def compile_pdf(tex: str, tmp_path: Path, name: str = "t") -> Path:
 
 
 def smallest_text_pt(pdf: Path) -> float:
-    """The height of the smallest word on the pages (pdftotext's bounding boxes: about the font size)."""
+    """The height of the smallest word on the pages (pdftotext's bounding boxes are about 0.89 of the font size:
+    8 pt text measures 7.08, 7 pt text 6.2; so a bound of 7.0 on it holds the text to about 8 pt)."""
     out = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], check=True, capture_output=True, text=True).stdout
     heights = [float(b) - float(a) for a, b in re.findall(r'<word [^>]*yMin="([\d.]+)"[^>]*yMax="([\d.]+)"', out)]
     return min(heights)
