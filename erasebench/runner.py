@@ -242,7 +242,7 @@ def _interval(score: Score, per_image: str, where: str) -> tuple[float, float, s
         return float(score.ci[0]), float(score.ci[1]), score.ci_method
     if not score.samples or not per_image:
         return math.nan, math.nan, score.ci_method or "no CI (no per-image values)"
-    recomputed = sum(score.samples) if per_image == "sum" else sum(score.samples) / len(score.samples)
+    recomputed = stats.aggregate(score.samples, per_image)
     if not math.isclose(recomputed, score.value, rel_tol=1e-6, abs_tol=1e-9):
         # An evaluator whose samples do not give its value would get an interval around another number.
         log.warning("%s: the %s of its per-image values is %s, not its value %s; no CI", where, per_image,

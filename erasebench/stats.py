@@ -30,6 +30,11 @@ def ci_method(resamples: int = RESAMPLES, level: float = LEVEL, seed: int = SEED
     return f"bootstrap {level:.0%} over {over} (B={resamples}, seed {seed})"
 
 
+def aggregate(samples: Sequence[float], statistic: str) -> float:
+    """The value per-image samples give: their ``mean`` or their ``sum``."""
+    return float(_statistic(np.asarray(samples, dtype=float), statistic))
+
+
 def _statistic(x: np.ndarray, statistic: str, axis: int = -1) -> np.ndarray:
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, not {statistic!r}")
@@ -113,6 +118,18 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
     return float(x.mean() - half), float(x.mean() + half)
 
 
+def _paired(a: Sequence[float], b: Sequence[float], minimum: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two samples as float arrays, checked to pair up: the same length, at least ``minimum``.
+
+    Raises:
+        ValueError: They do not (a single value would otherwise broadcast against the other sample).
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or len(x) < minimum:
+        raise ValueError(f"paired samples must have the same length, at least {minimum} (got {len(x)} and {len(y)})")
+    return x, y
+
+
 def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided exact McNemar p-value of paired binary outcomes (a binomial test on the discordant pairs).
 
@@ -123,9 +140,7 @@ def mcnemar_exact(a: Sequence[float], b: Sequence[float]) -> float:
     Returns:
         The p-value (1.0 when no pair is discordant).
     """
-    x, y = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    if x.shape != y.shape:
-        raise ValueError(f"paired samples differ in length: {len(x)} vs {len(y)}")
+    x, y = (v.astype(bool) for v in _paired(a, b, minimum=0))
     only_a, only_b = int((x & ~y).sum()), int((~x & y).sum())
     n, k = only_a + only_b, min(only_a, only_b)
     if n == 0:
@@ -145,9 +160,8 @@ def paired_bootstrap_p(a: Sequence[float], b: Sequence[float], resamples: int = 
     Returns:
         The p-value (1.0 when every difference is zero).
     """
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if d.shape != np.asarray(b).shape or len(d) < 2:
-        raise ValueError("paired samples must have the same length, at least 2")
+    x, y = _paired(a, b, minimum=2)
+    d = x - y
     observed = abs(d.mean())
     if not np.any(d != d[0]) and observed == 0:
         return 1.0

@@ -62,3 +62,12 @@ def test_paired_bootstrap_agrees_with_the_paired_t_test_on_normal_data() -> None
 def test_paired_p_picks_the_test_by_the_data() -> None:
     assert stats.paired_p([0, 1, 1, 0], [1, 1, 0, 0])[1] == "exact McNemar"
     assert stats.paired_p([0.1, 0.5, 0.2], [0.3, 0.4, 0.2])[1] == "paired bootstrap"
+
+
+def test_paired_tests_refuse_samples_of_different_lengths() -> None:
+    # A single value would broadcast against the other sample; it is no pairing.
+    with pytest.raises(ValueError, match="same length"):
+        stats.paired_bootstrap_p([0.5], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="same length"):
+        stats.mcnemar_exact([1, 0], [1, 0, 1])
+    assert stats.aggregate([1.0, 2.0, 3.0], "sum") == 6.0 and stats.aggregate([1.0, 2.0], "mean") == 1.5
