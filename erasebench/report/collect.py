@@ -9,11 +9,12 @@ metric, printed as a warning, and with ``--strict`` a failure.
 from __future__ import annotations
 
 import json
-import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -86,7 +87,7 @@ def read_run(path: Path, problems: Problems) -> pd.DataFrame | None:
     if problem:
         problems.warn(f"left out the metrics file '{path}': {problem}.")
         return None
-    bad = ~frame["value"].map(lambda v: math.isfinite(v) if isinstance(v, float) else False)
+    bad = ~np.isfinite(frame["value"].to_numpy(dtype=float))
     for r in frame[bad].itertuples(index=False):
         problems.warn(f"left out {r.evaluator}/{r.split}/{r.metric} = {r.value} of the run '{path.parent}' (not a "
                       "finite number; the table counts the seeds that have one)")
@@ -117,7 +118,12 @@ def fill_metadata(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _check_settings(df: pd.DataFrame) -> None:
+def check_settings(df: pd.DataFrame) -> None:
+    """Refuse rows of one column that differ in a setting that changes the number (method settings aside).
+
+    Raises:
+        ErasebenchError: Naming the column, the setting and the values.
+    """
     for key, group in df.groupby(["model", "task", "concept", "evaluator", "metric"]):
         for col in COMPARED:
             values = group[col].map(str).unique()
@@ -139,21 +145,33 @@ def collect(runs_dir: Path, out: Path | None = None, problems: Problems | None =
     Raises:
         ErasebenchError: No results, or rows that would be merged across different settings.
     """
-    problems = problems if problems is not None else Problems()
-    frames = [f for f in (read_run(p, problems) for p in metrics_files(runs_dir, out)) if f is not None and len(f)]
-    if not frames:
+    df = read_runs(metrics_files(runs_dir, out), problems)
+    if df.empty:
         missing = unfinished(Path(runs_dir))
         runs = "; ".join(f"{r.status}: {r.run_dir}" + (f" ({r.error})" if r.error else "")
                          for r in missing.head(5).itertuples(index=False))
         hint = f" {len(missing)} runs there have no results: {runs}." if len(missing) else ""
         raise ErasebenchError(f"No readable metrics.csv under '{runs_dir}'.{hint} Run `erasebench` first "
                               "(see README).")
+    check_settings(df)
+    return df
+
+
+def read_runs(files: Sequence[Path], problems: Problems | None = None) -> pd.DataFrame:
+    """The checked rows of these ``metrics.csv`` files as the report uses them: the latest row per key and
+    settings, metadata filled in, variants split, concept names added (empty when no file is usable).
+
+    Settings are not compared across runs here; :func:`check_settings` does that.
+    """
+    problems = problems if problems is not None else Problems()
+    frames = [f for f in (read_run(p, problems) for p in files) if f is not None and len(f)]
+    if not frames:
+        return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True)
-    # A rerun with the same settings replaces its older rows; rows that differ in a setting both stay, and the
-    # check below refuses them rather than keeping one silently.
+    # A rerun with the same settings replaces its older rows; rows that differ in a setting both stay, and
+    # check_settings refuses them rather than keeping one silently.
     df = df.sort_values("finished_at", kind="stable").drop_duplicates(KEY + SETTINGS, keep="last")
     df = split_variants(fill_metadata(df.reset_index(drop=True)))
-    _check_settings(df)
     return df.assign(concept_text=concept_texts(df))
 
 

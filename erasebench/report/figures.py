@@ -17,7 +17,7 @@ import pandas as pd
 from adjustText import adjust_text
 
 from erasebench.report.plugins import evaluator_name, method_name
-from erasebench.report.summary import attacks, block, method_order, paper_blocks, pick, wide
+from erasebench.report.summary import asr_rows, attacks, method_order, paper_blocks, pick, wide
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 #: PNG metadata: no matplotlib version stamp, so the same numbers give the same file.
@@ -112,8 +112,7 @@ def tradeoff_scatter(summary: pd.DataFrame, path: Path, order: tuple[str, ...] =
         points += [(label, str(method), r.x, r.y) for method, r in both.iterrows()]
         names = attacks(summary, model, task)
         for name in names:
-            rows = block(summary, model, task)
-            asr = wide(rows[(rows["split"] == "erase") & (rows["evaluator"] == name) & (rows["metric_display"] == "ASR")])
+            asr = wide(asr_rows(summary, model, task, name))
             common = asr.index.intersection(y.index)  # an attack often runs on fewer concepts
             pair = pd.DataFrame({"x": asr.loc[common].mean() * 100, "y": y.loc[common].mean() * 100}).dropna()
             group = f"{label} ({evaluator_name(name)})" if len(names) > 1 else label

@@ -26,6 +26,7 @@ from erasebench.report import latex
 from erasebench.report.plugins import evaluator_description, evaluator_name, method_name, method_provenance
 from erasebench.report.summary import (
     PARTS,
+    asr_rows,
     attacks,
     best_of,
     block,
@@ -49,9 +50,8 @@ def _quantities(summary: pd.DataFrame, model: str, task: str) -> list[tuple[str,
            if len(rows := pick(summary, part, split, model, task))]
     names = attacks(summary, model, task)
     for name in names:
-        rows = block(summary, model, task)
-        rows = rows[(rows["split"] == "erase") & (rows["evaluator"] == name) & (rows["metric_display"] == "ASR")]
-        out.append(("ASR" if len(names) == 1 else f"ASR {evaluator_name(name)}", "erase", rows))
+        out.append(("ASR" if len(names) == 1 else f"ASR {evaluator_name(name)}", "erase",
+                    asr_rows(summary, model, task, name)))
     return out
 
 

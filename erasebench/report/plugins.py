@@ -15,23 +15,22 @@ from erasebench.errors import ErasebenchError
 
 
 @functools.cache
+def _plugin(kind: str, name: str) -> type[Method | Evaluator] | None:
+    """The registered class of a method or evaluator, or ``None`` when this installation lacks it."""
+    from erasebench.registry import EVALUATORS, METHODS
+
+    try:
+        return (METHODS if kind == "method" else EVALUATORS).get(name)
+    except (ErasebenchError, ValueError):
+        return None
+
+
 def _method(name: str) -> type[Method] | None:
-    from erasebench.registry import METHODS
-
-    try:
-        return METHODS.get(name)
-    except (ErasebenchError, ValueError):
-        return None
+    return _plugin("method", name)  # type: ignore[return-value]
 
 
-@functools.cache
 def _evaluator(name: str) -> type[Evaluator] | None:
-    from erasebench.registry import EVALUATORS
-
-    try:
-        return EVALUATORS.get(name)
-    except (ErasebenchError, ValueError):
-        return None
+    return _plugin("evaluator", name)  # type: ignore[return-value]
 
 
 def _base(key: str) -> tuple[str, str]:

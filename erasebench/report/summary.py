@@ -73,12 +73,8 @@ def _spread(group: pd.DataFrame) -> pd.Series:
                       **{k: first[k] for k in META}})
 
 
-def _pairs(images: pd.DataFrame, cell: tuple, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image values of methods ``a`` and ``b`` in a cell, matched on run seed and image (prompt, seed)."""
-    keys = dict(zip(CELL, cell, strict=True))
-    mine = images
-    for k, v in keys.items():
-        mine = mine[mine[k] == v]
+def _pairs(mine: pd.DataFrame, a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image values of methods ``a`` and ``b`` among one cell's images, matched on run seed and image."""
     on = ["seed", "index", "prompt", "image_seed"]
     left = mine[mine["method"] == a][[*on, "value"]]
     right = mine[mine["method"] == b][[*on, "value"]]
@@ -88,19 +84,21 @@ def _pairs(images: pd.DataFrame, cell: tuple, a: str, b: str) -> tuple[np.ndarra
 
 def _significance(out: pd.DataFrame, images: pd.DataFrame | None, alpha: float) -> pd.DataFrame:
     out = out.assign(best=False, p_vs_best=math.nan, test="", tied=False)
-    usable = images is not None and len(images)
-    if usable:
+    by_cell: dict[tuple, pd.DataFrame] = {}
+    if images is not None and len(images):
         images = images.assign(prompt=images["prompt"].fillna("\0none"), image_seed=images["image_seed"].astype(str))
+        by_cell = {tuple(k): g for k, g in images.groupby(CELL, sort=False)}  # split once, not per method pair
     for cell, group in out.groupby(CELL, sort=False):
         means = group.set_index("method")["mean"]
         winners = best_of(means, direction(group["higher_is_better"].iloc[0]))
         out.loc[group.index[group["method"].isin(winners)], "best"] = True
-        if not winners or not usable:
+        mine = by_cell.get(tuple(cell))
+        if not winners or mine is None:
             continue
         for idx, method in group["method"].items():
             if method == BASELINE or method in winners or not math.isfinite(means[method]):
                 continue
-            a, b = _pairs(images, cell, method, winners[0])
+            a, b = _pairs(mine, method, winners[0])
             if len(a) < 2:
                 continue
             p, test = stats.paired_p(a, b)
@@ -169,8 +167,13 @@ def paper_blocks(summary: pd.DataFrame) -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(hits["model"], hits["task"], strict=True)))
 
 
-def attacks(summary: pd.DataFrame, model: str, task: str) -> list[str]:
-    """The evaluators with an ``ASR`` metric on the erase split of a block, in order of appearance."""
+def asr_rows(summary: pd.DataFrame, model: str, task: str, evaluator: str | None = None) -> pd.DataFrame:
+    """The ``ASR`` rows on the erase split of a block: of one attack evaluator, or of all when ``None``."""
     rows = block(summary, model, task)
     rows = rows[(rows["split"] == "erase") & (rows["metric_display"] == "ASR")]
-    return list(dict.fromkeys(rows["evaluator"]))
+    return rows if evaluator is None else rows[rows["evaluator"] == evaluator]
+
+
+def attacks(summary: pd.DataFrame, model: str, task: str) -> list[str]:
+    """The evaluators with an ``ASR`` metric on the erase split of a block, in order of appearance."""
+    return list(dict.fromkeys(asr_rows(summary, model, task)["evaluator"]))
