@@ -42,11 +42,14 @@ def check_choice(key: str, value: str, options: Sequence[str]) -> None:
         raise ConfigError(f"Setting '{key}' must be one of {', '.join(options)}, not '{value}'.")
 
 
-def select_parameters(module: torch.nn.Module, group: str) -> dict[str, torch.nn.Parameter]:
-    """The parameters of ``module`` in a named group of :data:`PARAMETER_GROUPS`."""
-    if group not in PARAMETER_GROUPS:
-        raise ErasebenchError(f"Unknown parameter group '{group}'. Valid: {', '.join(PARAMETER_GROUPS)}.")
-    include, exclude = PARAMETER_GROUPS[group]
+def select_parameters(module: torch.nn.Module, group: str,
+                      groups: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] | None = None,
+                      ) -> dict[str, torch.nn.Parameter]:
+    """The parameters of ``module`` in a named group of ``groups`` (default :data:`PARAMETER_GROUPS`)."""
+    groups = PARAMETER_GROUPS if groups is None else groups
+    if group not in groups:
+        raise ErasebenchError(f"Unknown parameter group '{group}'. Valid: {', '.join(groups)}.")
+    include, exclude = groups[group]
     chosen = {n: p for n, p in module.named_parameters()
               if any(re.search(i, n) for i in include) and not any(re.search(e, n) for e in exclude)}
     if not chosen:
@@ -108,46 +111,54 @@ def ddim_scheduler(pipe: Any, steps: int) -> Any:
     return sched
 
 
-def esd_timesteps(ddim_steps: int, mapping: str, generator: torch.Generator) -> tuple[int, int]:
-    """Draw how many DDIM steps to run and the DDPM timestep to query, as ESD does.
+def esd_timesteps(ddim_steps: int, mapping: str, generator: torch.Generator) -> tuple[slice, int]:
+    """Draw which DDIM steps to run and the DDPM timestep to query, as ESD does.
 
     Args:
-        ddim_steps: Length of the DDIM chain (50 in every paper).
-        mapping: ``"compvis"`` reproduces the original code: t_enc ~ U{0..n-1}, the sampler runs
-            ``n + 1 - t_enc`` steps (all n when t_enc is 0) and the model is queried at
-            t ~ U[round(1000 t_enc / n), round(1000 (t_enc + 1) / n)) (the latent is about two DDIM steps
-            less noisy than t says). ``"consistent"`` runs k ~ U{0..n-1} steps and queries at the DDIM
-            timestep the latent is at (ESD's diffusers code).
+        ddim_steps: Length n of the DDIM chain (50 in every paper).
+        mapping: ``"compvis"`` reproduces the original code. t_enc ~ U{0..n-1}; the CompVis sampler is
+            called with its default ``t_start=-1``, which slices the *first* timestep off the chain (981 of
+            [981 ... 1] for n = 50), and its loop breaks after ``n - t_enc`` steps (all n - 1 when t_enc is 0
+            or 1); the model is queried at t ~ U[round(1000 t_enc / n), round(1000 (t_enc + 1) / n)) (the
+            latent is about two DDIM steps less noisy than t says). ``"consistent"`` runs k ~ U{0..n-1} steps
+            of the full chain and queries at the DDIM timestep the latent is at (ESD's diffusers code).
         generator: Source of randomness.
 
     Returns:
-        (number of DDIM steps to run, DDPM timestep to query; -1 means "the chain's next timestep").
+        (which steps of ``sched.timesteps`` to run, for :func:`partial_ddim_sample`; the DDPM timestep to
+        query, -1 meaning "the chain's next timestep").
     """
     t_enc = int(torch.randint(ddim_steps, (1,), generator=generator))
     if mapping == "compvis":
         lo, hi = round(t_enc / ddim_steps * 1000), round((t_enc + 1) / ddim_steps * 1000)
         t_ddpm = int(torch.randint(lo, hi, (1,), generator=generator))
-        return (min(ddim_steps + 1 - t_enc, ddim_steps) if t_enc > 0 else ddim_steps), t_ddpm
+        return slice(1, 1 + min(ddim_steps - t_enc, ddim_steps - 1)), t_ddpm
     if mapping == "consistent":
-        return t_enc, -1
+        return slice(0, t_enc), -1
     raise ErasebenchError(f"t_mapping must be 'compvis' or 'consistent', not '{mapping}'")
 
 
 @torch.no_grad()
 def partial_ddim_sample(unet: Any, sched: Any, latent: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                        guidance: float, run_steps: int) -> tuple[torch.Tensor, int]:
-    """Run the first ``run_steps`` steps of a CFG DDIM chain (eta 0) from ``latent``.
+                        guidance: float, run_steps: int | slice) -> tuple[torch.Tensor, int]:
+    """Run part of a CFG DDIM chain (eta 0) from ``latent``, treated as the noise at its first timestep.
+
+    Args:
+        run_steps: How many steps from the start of ``sched.timesteps`` (an int), or which ones (a slice of
+            it, as :func:`esd_timesteps` draws).
 
     Returns:
         The latent after those steps and the timestep of the chain it now sits at (the next one to denoise;
         0 when the chain ran to the end).
     """
+    steps = run_steps if isinstance(run_steps, slice) else slice(0, run_steps)
     x = latent * sched.init_noise_sigma
     timesteps = sched.timesteps
-    for t in timesteps[:run_steps]:
+    for t in timesteps[steps]:
         eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
         x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x, eta=0.0).prev_sample
-    nxt = int(timesteps[run_steps]) if run_steps < len(timesteps) else 0
+    stop = len(timesteps) if steps.stop is None else steps.stop
+    nxt = int(timesteps[stop]) if stop < len(timesteps) else 0
     return x, nxt
 
 

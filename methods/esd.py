@@ -12,8 +12,11 @@ model would predict if guided *away* from c (negative classifier-free guidance w
 
 Each iteration:
     1. draw t_enc ~ U{0..49} and a start noise z_T;
-    2. run the first steps of a 50-step DDIM chain (eta 0, CFG scale ``start_guidance`` = 3, prompt c)
-       with the model *being trained* (the paper code; ``sampler_model=frozen`` uses the original);
+    2. run the first 50 - t_enc steps (49 when t_enc is 0 or 1) of a DDIM chain (eta 0, CFG scale
+       ``start_guidance`` = 3, prompt c) with the model *being trained* (the paper code;
+       ``sampler_model=frozen`` uses the original). As in the paper code, whose CompVis sampler is called
+       with ``t_start=-1``, the chain is the 50-step one without its first timestep: [961 ... 1], so the start
+       noise is taken as x_961 (:func:`erasebench.erasure.esd_timesteps`);
     3. query the models at t_ddpm ~ U[20 t_enc, 20 t_enc + 20) (``t_mapping=compvis``, faithful to the
        paper code, where the latent is about two DDIM steps less noisy than t says; ``consistent`` queries
        at the timestep the latent is actually at, as the diffusers port does);
@@ -32,6 +35,14 @@ Deviations from the reference code:
     - One generator seeded with the run seed draws t_enc, t_ddpm and the start noise, so runs repeat.
     - Multi-concept separators (``--seperator``) are not implemented: the concept text is one prompt.
     - The CompVis ``--lr`` type=int bug does not exist here (any lr can be set).
+
+The diffusers port's options (``sampler_model=frozen``, ``t_mapping=consistent``, ``train_method=xattn_kv``)
+reproduce ``esd_sd.py``; two of its conventions differ from the names here:
+    - Its target is ``e_p - eta' (e_p - e_0)``, which is ``e_0 - (eta' - 1)(e_p - e_0)``: its ``negative_guidance``
+      eta' is this eta + 1 (the port's default 2 is the paper's 1).
+    - Its ``esd-u`` trains the Linear and Conv2d modules outside cross-attention (the time embedding and
+      ``conv_out`` included, the norms excluded). ``noxattn`` here follows the CompVis rule instead (every
+      tensor outside ``attn2``, the time embedding and the output layers: the paper's ESD-u).
 """
 
 from __future__ import annotations

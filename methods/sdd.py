@@ -43,6 +43,17 @@ from erasebench.erasure import partial_ddim_sample, select_parameters
 from erasebench.registry import register_method
 
 
+#: SDD's ``--finetuning_method`` choices (``gather_parameters`` in train_sdd.py). Its ``noxattn`` differs from
+#: ESD's: it keeps ``conv_norm_out`` trainable and drops every name containing ``time_embed``.
+SDD_GROUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "full": PARAMETER_GROUPS["full"],
+    "selfattn": PARAMETER_GROUPS["selfattn"],
+    "xattn": PARAMETER_GROUPS["xattn"],
+    "noxattn": ((r".",), (r"^conv_out\.", r"time_embed", r"attn2")),
+    "notime": ((r".",), (r"^conv_out\.", r"time_embed")),
+}
+
+
 def sdd_query_timestep(t_ddim: int, ddim_steps: int, generator: torch.Generator) -> int:
     """The DDPM timestep SDD queries for a latent ``t_ddim`` steps into the chain."""
     lo = round((1 - (t_ddim + 1) / ddim_steps) * 1000)
@@ -71,7 +82,8 @@ class SDD(Method):
         """SDD settings; defaults follow ``run_sdd_nudity.sh`` at a2e820c.
 
         Attributes:
-            train_method: Parameter group (``xattn`` in the paper; see erasebench.erasure.PARAMETER_GROUPS).
+            train_method: Parameter group, one of :data:`SDD_GROUPS` (the reference's ``full``, ``selfattn``,
+                ``xattn`` (the paper's), ``noxattn``, ``notime``).
             steps: Optimiser steps (batch 1).
             lr: AdamW learning rate.
             weight_decay: AdamW weight decay.
@@ -95,13 +107,13 @@ class SDD(Method):
         prompt: str = ""
 
         def __post_init__(self) -> None:
-            check_choice("train_method", self.train_method, tuple(PARAMETER_GROUPS))
+            check_choice("train_method", self.train_method, tuple(SDD_GROUPS))
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Train and return ``pipe`` holding the EMA teacher's weights."""
         c = self.config
         unet = pipe.unet
-        params = select_parameters(unet, c.train_method)
+        params = select_parameters(unet, c.train_method, SDD_GROUPS)
         teacher = Shadow(params)
         emb_0, emb_s = encode(pipe, [""]), encode(pipe, [c.prompt or task.erase_text()])
         sched = ddim_scheduler(pipe, c.ddim_steps)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import trained_and_original
 
-from erasebench.erasure import Shadow, Trainer, esd_timesteps, select_parameters
+from erasebench.erasure import Shadow, Trainer, select_parameters
 from erasebench.methods import abconcept, esd, sdd
 
 
@@ -27,19 +27,6 @@ def test_esd_loss_matches_formula_with_a_real_frozen_copy(tiny_pipe: Any, fixed:
     assert loss.item() > 0
     loss.backward()  # gradients reach the trained tensors only through eps_theta(x_t, c, t)
     assert all(p.grad is not None for p in params.values())
-
-
-def test_esd_compvis_timestep_mapping() -> None:
-    g = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        run_steps, t = esd_timesteps(50, "compvis", g)
-        t_enc = 51 - run_steps if run_steps < 50 else None
-        if t_enc is not None:  # t_enc >= 2: the chain ran 51 - t_enc steps and t is in [20 t_enc, 20 t_enc + 20)
-            assert 20 * t_enc <= t < 20 * t_enc + 20
-        else:  # t_enc in {0, 1}: all 50 steps
-            assert 0 <= t < 40
-    steps, t = esd_timesteps(50, "consistent", g)
-    assert 0 <= steps < 50 and t == -1
 
 
 def test_sdd_loss_matches_formula_and_stops_the_gradient(tiny_pipe: Any, fixed: dict) -> None:
