@@ -19,13 +19,14 @@ concept through the *edited* cross-attention and erases that embedding too:
     2. edit_model_adversarial (``technique=replace``): UCE's closed form from the *current* weights,
            W <- (lamb W + s_e sum V* E'^T + s_p sum W C_r C_r^T) (lamb I + s_e sum E' E'^T + s_p sum C_r C_r^T)^-1
        with V* = W c_guide position by position (the 77 states of the guide, " " = unconditional, or "art"),
-       C_r the 77 states of "" and of each preserved concept; lamb 0.1, s_e 1, s_p 0.1.
+       C_r the 77 states of each preserved text (:func:`epoch_retain`: "" and the preserved concepts for
+       styles and objects; one " " per erased concept for nudity and unsafe); lamb 0.1, s_e 1, s_p 0.1.
 
 Settings (the defaults; README "Notes" and ``scripts/``): lamb 0.1, erase scale 1, preserve scale 0.1 for every
 concept; regular_scale and epochs per task kind (``null`` = by kind): nudity 0.1 and 3 epochs, unsafe (I2P) 0.1
 and 2 epochs, artistic styles 1e-3 and 1 epoch, "difficult" objects (church, garbage truck) 1e-3 and 1 epoch (the
 README's "easy" objects use 0.1; set ``regular_scale`` for them). Guide: " " (unconditional) except "art" for
-styles. Preserved: "" always, plus the other artists for styles (``preserve: auto``, see
+styles. Preserved by the UCE stage: "" always, plus the other artists for styles (``preserve: auto``, see
 :mod:`erasebench.methods.uce`).
 
 Toy world (conf/preset/toy_rece.yaml, conf/preset/task/toy_rece_toy_style.yaml): styles use the paper settings;
@@ -41,6 +42,8 @@ Deviations from the reference code:
       the UCE model itself is never chosen over the RECE epochs.
     - The UCE stage runs here, from the original model, with the harness's concept/preserve sets (the reference
       loads a UCE checkpoint made by another script); its settings are the ``uce_*`` fields.
+    - Given preserve concepts for nudity/unsafe, ``train.py`` preserves as many of them as there are erased
+      concepts, drawn at random; here all of them (:func:`epoch_retain`).
     - Only ``close_regzero`` (the embedding of every script) is implemented, not ``close_standardreg`` /
       ``close_surrogatereg``; only ``technique=replace``.
     - Solves run in float64 (the code inverts in float32); preserved concepts are phrased like the erased one
@@ -104,6 +107,18 @@ def rece_epoch(pipe: Any, layers: Mapping[str, torch.nn.Parameter], original: Ma
     return adv
 
 
+def epoch_retain(kind: str, n_concepts: int, preserve: Sequence[str]) -> list[str]:
+    """The texts an epoch preserves, as each reference script builds them.
+
+    ``train.py`` (nudity, unsafe) keeps one " " per erased concept, or, given preserve concepts, those alone
+    (it draws as many as there are concepts at random; all of them here); ``train_artists.py`` and
+    ``train_object.py`` keep "" and the preserve concepts.
+    """
+    if kind in KIND_DEFAULTS:
+        return list(preserve) if preserve else [" "] * n_concepts
+    return ["", *preserve]
+
+
 @register_method("rece")
 class RECE(Method):
     """UCE, then erase in closed form the embedding that still regenerates the concept, for a few epochs."""
@@ -120,7 +135,8 @@ class RECE(Method):
             prompt: Concepts to erase, ``;``-separated; empty means the task's (``task.erase_text()``).
             guide: ``auto``: "art" for styles, " " (unconditional) otherwise; or ``;``-separated guides.
             preserve: ``auto`` (other concepts for styles, none otherwise), ``task``, ``none`` or a ``;`` list;
-                "" is always preserved.
+                the epochs also keep "" (styles, objects) or one " " per concept (nudity, unsafe; see
+                :func:`epoch_retain`).
             epochs: RECE epochs; ``null``: 3 for nudity, 2 for unsafe, 1 otherwise.
             regular_scale: close_regzero's ridge weight; ``null``: 0.1 for nudity/unsafe, 1e-3 otherwise.
             lamb: lambda of the epoch's edit (pull toward the current weight).
@@ -173,6 +189,7 @@ class RECE(Method):
         self.prompts = {"erase": edits, "guide": guides, "preserve": preserve, "uce_erase": u_edits}
         self.embeddings: list[torch.Tensor] = []
         for _ in range(epochs):
-            self.embeddings.append(rece_epoch(pipe, layers, original, edits, guides, ["", *preserve], reg, c.lamb,
+            retain = epoch_retain(task.kind, len(edits), preserve)
+            self.embeddings.append(rece_epoch(pipe, layers, original, edits, guides, retain, reg, c.lamb,
                                               c.erase_scale, c.preserve_scale))
         return pipe

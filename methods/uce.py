@@ -145,7 +145,7 @@ def uce_groups(pipe: Any, edits: Sequence[str], guides: Sequence[str], preserve:
             groups.append(EditGroup(token_states(pipe, preserve), None, scale))
         return groups
     retain = ["", *preserve]  # the 2023 script always keeps "" (every one of its 77 states)
-    scale = round(max(0.1, 1 / len(retain)), 3) if preserve_scale is None else preserve_scale
+    scale = max(0.1, 1 / len(retain)) if preserve_scale is None else preserve_scale  # unrounded, as the 2023 script
     inputs, targets = tail_pairs(pipe, edits, guides)
     return [EditGroup(inputs, targets, erase_scale), EditGroup(encode_all(pipe, retain)[0].flatten(0, 1), None, scale)]
 

@@ -86,9 +86,9 @@ def _sdd_gather_parameters(method: str, names: list[str]) -> list[str]:
             if "attn2" in name:
                 out.append(name)
         elif method == "noxattn":
-            if name.startswith("conv_out.") or ("time_embed" in name):
+            if name.startswith("conv_out.") or ("time_embed" in name):  # noqa: SIM114 (as the reference writes it)
                 continue
-            elif "attn2" in name:  # noqa: SIM114 (as the reference writes it)
+            elif "attn2" in name:
                 continue
             out.append(name)
         elif method == "notime":
@@ -105,3 +105,58 @@ def test_sdd_parameter_groups_are_the_reference_ones(tiny_pipe: Any, method: str
     assert expected  # the tiny UNet has tensors of every group
     sdd.SDD.Config(train_method=method)  # a valid choice
     assert sorted(select_parameters(tiny_pipe.unet, method, sdd.SDD_GROUPS)) == sorted(expected)
+
+
+# --- UCE (rohitgandikota/unified-concept-editing, train-scripts/train_erase.py, 2023 version bd5fb51) ---
+
+def test_uce_2023_preserve_scale_is_unrounded(tiny_pipe: Any) -> None:
+    from erasebench.methods.uce import uce_groups
+
+    preserve = ["a dog", "a bird"]
+    retain_texts = ["", *preserve]                       # retain_texts = [''] + preserve_concepts
+    reference = max(0.1, 1 / len(retain_texts))         # if preserve_scale is None: max(0.1, 1/len(retain_texts))
+    groups = uce_groups(tiny_pipe, ["a cat"], [""], preserve, "tail", 1.0, None)
+    assert groups[1].scale == reference == 1 / 3
+
+
+# --- RECE (CharlesGong12/RECE @ 403a67f: train.py for nudity/unsafe, train_artists.py, train_object.py) ---
+
+def _rece_retain_texts(script: str, old_texts: list[str], preserve_concepts: list[str]) -> list[str]:
+    """How each RECE script builds ``retain_texts`` (train.py ~154, train_artists.py ~176, train_object.py ~237)."""
+    if script == "train.py":
+        return [" " for _ in old_texts] if not preserve_concepts else list(preserve_concepts)
+    return ["", *preserve_concepts]
+
+
+@pytest.mark.parametrize(("kind", "script"), [("nudity", "train.py"), ("unsafe", "train.py"),
+                                              ("style", "train_artists.py"), ("object", "train_object.py")])
+def test_rece_epochs_preserve_what_the_reference_script_preserves(tiny_pipe: Any, tmp_path: Any, kind: str,
+                                                                  script: str) -> None:
+    import copy
+    import dataclasses
+
+    from conftest import compose_cfg
+
+    from erasebench.api import RunContext
+    from erasebench.closed_form import kv_layers
+    from erasebench.configs import build_task
+    from erasebench.methods.rece import RECE, rece_epoch
+    from erasebench.methods.uce import prompts_for, uce_edit
+
+    task = dataclasses.replace(build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2), kind=kind)
+    method = RECE(RECE.Config(prompt="a cat; a dog", epochs=1, regular_scale=0.1, preserve="none"))
+    ctx = RunContext(seed=0, device=torch.device("cpu"), dtype=torch.float32, run_dir=tmp_path,
+                     generate=None, original_images=None, limit=2)  # type: ignore[arg-type]
+    reference_pipe = copy.deepcopy(tiny_pipe)
+    method.erase(tiny_pipe, task, ctx)
+
+    c = method.config   # the same UCE stage, then one epoch with the reference script's retain texts
+    layers = kv_layers(reference_pipe.unet)
+    original = {n: p.detach().clone() for n, p in layers.items()}
+    edits, guides, preserve = prompts_for(task, c.prompt, c.guide, c.preserve, False, expand_guides=False)
+    uce_edit(reference_pipe, edits, guides, preserve, c.uce_lamb, c.uce_erase_scale, c.uce_preserve_scale,
+             c.uce_tokens)
+    rece_epoch(reference_pipe, layers, original, edits, guides, _rece_retain_texts(script, edits, preserve),
+               0.1, c.lamb, c.erase_scale, c.preserve_scale)
+    for name, p in kv_layers(tiny_pipe.unet).items():
+        torch.testing.assert_close(p.detach(), layers[name].detach(), rtol=1e-6, atol=1e-7)
