@@ -3,6 +3,7 @@
 - :func:`select_parameters`: the trained tensors, by name pattern (ESD-x, ESD-u, ...).
 - :class:`Shadow`: the original model's prediction (or an EMA teacher's) without a second UNet in memory:
   other values of the trained tensors are swapped in for a forward pass and swapped out again.
+- :func:`detach_start_token`: CustomDiffusion's cross-attention gradient rule (AbConcept, DoCo).
 - :func:`encode`: prompt embeddings as SD computes them (77 tokens, ``last_hidden_state``).
 - :func:`partial_ddim_sample` and :func:`esd_timesteps`: x_t made by running the first steps of a
   classifier-free-guided DDIM chain, and the DDPM timestep the model is queried at (CompVis-faithful or
@@ -95,6 +96,27 @@ class Shadow:
 
 
 @torch.no_grad()
+@contextlib.contextmanager
+def detach_start_token(unet: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Stop the gradient through the start-of-text token's cross-attention key and value.
+
+    CustomDiffusion's attention processor, which AbConcept and DoCo train with, computes
+    ``key = d * key + (1 - d) * key.detach()`` with d = 0 at token 0 (the same for the value): the forward pass
+    is unchanged, but the [SoT] position, identical in every prompt, gets no gradient. Done here with forward
+    hooks on every ``attn2.to_k`` / ``attn2.to_v``, so it works with any attention processor.
+    """
+    def hook(_module: Any, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
+        return torch.cat([out[:, :1].detach(), out[:, 1:]], dim=1)
+
+    handles = [m.register_forward_hook(hook) for n, m in unet.named_modules()
+               if enabled and re.search(r"attn2\.to_[kv]$", n)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def encode(pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
     """CLIP ``last_hidden_state`` of ``prompts``, padded to the tokenizer's max length as in SD."""
     tok = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,

@@ -12,28 +12,42 @@ model from anchor captions p_anchor; each gets a target caption p_target that na
     prior preservation:     + 1.0 * mean((eps_theta(x'_t, p_anchor, t') - eps')^2) on other anchor images
 
 with x_t = q_sample(VAE(x), t), t ~ U{0..999}, and the model-based target computed by the *current*
-model (not a frozen copy), as the reference code does. M masks a 1-latent-pixel border (``--noaug``).
+model (not a frozen copy), as the reference code does. M masks a 1-latent-pixel border (``--noaug``). The
+masked mean is the reference's: per image, the sum over the masked elements of the 4 latent channels divided
+by the one-channel mask's sum (so 4x a per-element mean; the prior term is a plain mean). As in the reference,
+training runs with CustomDiffusion's attention processor: no gradient flows through the start-of-text token's
+cross-attention key and value (``detach_start_token``).
 
-Target captions (reference ``get_anchor_prompts``): style "{p}, in the style of {c*}" or
-"in {c*}'s style, {p}"; object: the anchor word in p replaced by c*; nudity "{c*}, {p}", "in {c*} style, {p}"
-or "{p}, {c*}".
+Target captions (reference ``utils.py`` ~180-199): style "{p}, in the style of {c*}" (1 time in 3) or
+"in {c*}'s style, {p}" (2 in 3); object: the anchor word in p replaced by c* (a caption without it is left
+as it is: a zero model-based loss); nudity "{c*}, {p}", "in {c*} style, {p}" or "{p}, {c*}".
 
 Paper settings by task kind (the defaults; ``auto`` and 0 pick them):
-    style / object: cross-attention k/v (``xattn_kv``), 100 steps, base lr 2e-6, hflip;
-    nudity / i2p:   all attention q/k/v/out (``attn``), 400 steps, base lr 4e-6, prior preservation.
+    style / object: cross-attention k/v (``xattn_kv``), 100 steps, base lr 2e-6, hflip; objects whose name
+                    contains the anchor word (chain saw -> saw) add prior preservation, as the README says;
+    nudity / i2p:   all attention q/k/v/out (``attn``), 400 steps, base lr 4e-6, prior preservation, hflip.
     AdamW (weight decay 1e-2), gradient norm clipped to 1, constant lr, ``--scale_lr``:
     lr = base x batch (4 per GPU x 2 GPUs = 8 here, on one device) x 2 with prior preservation.
 
 Deviations:
     - Anchor captions come from the task (``anchor_prompts``) or the short built-in lists below, not from
-      the reference's LAION-retrieved ``painting.txt`` (199 captions; no license to ship) or an LLM.
+      the reference's LAION-retrieved lists (``painting.txt`` for styles, 199 captions; ``people.txt`` for
+      nudity / i2p, 203; per-class lists or Llama-3 captions for objects; no license to ship).
     - Anchor images are rendered with the harness's sampler for the model (DDIM 50, CFG 7.5 on SD) and
-      cached, instead of DPM-Solver 25 steps, CFG 6, eta 1. Default 200 images (the README's CompVis
-      commands; the diffusers default is 1000).
-    - No random-resize augmentation ("a far away"/"zoomed in" prefixes); the ``--noaug`` border mask is
-      always used. Horizontal flips are kept for style and object.
+      cached, instead of DPM-Solver++ (multistep) 25 steps, CFG 6 (the ``eta=1`` it passes is ignored by that
+      scheduler). Default 200 images (the README's CompVis commands; the diffusers default is 1000).
+    - One VAE posterior sample per anchor image, drawn once (the reference draws a fresh one every step),
+      flips applied to the latents (the reference flips the image before encoding), batches drawn with
+      replacement (the reference shuffles without): small changes of the data's noise, not of its content.
+    - No random-resize augmentation ("a far away"/"zoomed in" prefixes and shrunken masks, which the README's
+      object command uses); the ``--noaug`` border mask is always used.
     - The reference passes ``negative_prompt = p_target`` when rendering nudity anchors; here the
       anchors use the model's plain sampler (set the task's anchor prompts to clean captions instead).
+    - The target text is the task's concept ("nudity"; the README's nudity command uses "nudity, nsfw"), and
+      i2p erases one category per run (the README erases four ``;``-separated targets in one model, cycling
+      per image).
+    - The noise-based target is epsilon (every configured model predicts epsilon; the reference also handles
+      v-prediction). Trained tensors are fp32 master weights with autocast on GPU (shared ``Trainer``).
 """
 
 from __future__ import annotations
@@ -47,7 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from erasebench.api import Method, PromptItem, RunContext, Task
-from erasebench.erasure import Trainer, check_choice, encode, select_parameters
+from erasebench.erasure import Trainer, check_choice, detach_start_token, encode, select_parameters
 from erasebench.registry import register_method
 
 #: Fallback anchor captions by task kind, used when the task gives none ("{anchor}" is filled in).
@@ -60,16 +74,17 @@ DEFAULT_ANCHOR_PROMPTS = {
 }
 #: Paper settings per task kind: (parameter group, steps, base lr, prior preservation, hflip).
 PAPER = {"style": ("xattn_kv", 100, 2e-6, False, True), "object": ("xattn_kv", 100, 2e-6, False, True),
-         "nudity": ("attn", 400, 4e-6, True, False), "i2p": ("attn", 400, 4e-6, True, False)}
+         "nudity": ("attn", 400, 4e-6, True, True), "i2p": ("attn", 400, 4e-6, True, True)}
 DEFAULT_ANCHOR = {"style": "painting", "object": "object", "nudity": "a person", "i2p": "a person"}
 
 
 def target_caption(anchor_caption: str, anchor: str, target: str, kind: str, rng: random.Random) -> str:
     """Build p_target from p_anchor as the reference code does for each kind of concept."""
-    if kind == "object":
-        return anchor_caption.replace(anchor, target) if anchor in anchor_caption else f"{anchor_caption}, {target}"
-    if kind == "style":
-        return rng.choice([f"{anchor_caption}, in the style of {target}", f"in {target}'s style, {anchor_caption}"])
+    if kind == "object":  # a caption without the anchor word stays as it is (a zero model-based loss)
+        return anchor_caption.replace(anchor, target)
+    if kind == "style":  # the reference draws r in {0, 1, 2}: the suffix form for 0, the prefix form for 1 and 2
+        prefix = f"in {target}'s style, {anchor_caption}"
+        return rng.choice([f"{anchor_caption}, in the style of {target}", prefix, prefix])
     return rng.choice([f"{target}, {anchor_caption}", f"in {target} style, {anchor_caption}",
                        f"{anchor_caption}, {target}"])
 
@@ -82,9 +97,11 @@ def border_mask(size: int, device: torch.device) -> torch.Tensor:
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over the masked latent elements (the reference's masked loss)."""
+    """The reference's masked loss: per image, the squared error summed over the masked elements of all
+    channels, divided by the one-channel mask's sum; then the batch mean (train.py ~1135). With 4 latent
+    channels that is 4x the per-element mean, which sets the instance term's weight against the prior term's."""
     sq = (pred.float() - target.float()) ** 2 * mask
-    return sq.sum() / (mask.expand_as(sq).sum())
+    return (sq.sum([1, 2, 3]) / mask.expand(len(sq), 1, *mask.shape[2:]).sum([1, 2, 3])).mean()
 
 
 def abconcept_loss(unet: Any, x_t: torch.Tensor, t: torch.Tensor, emb_target: torch.Tensor, emb_anchor: torch.Tensor,
@@ -125,6 +142,8 @@ class AbConcept(Method):
             clip_grad: Gradient-norm clip.
             anchor: Anchor concept text; empty = the task's anchor, else a default per kind.
             anchor_prompts: Anchor captions (``{anchor}`` is filled in); empty = the task's, else a default per kind.
+            detach_start_token: Train with CustomDiffusion's attention rule, as the reference (no gradient through
+                the start token's cross-attention key/value; erasebench.erasure.detach_start_token).
         """
 
         variant: str = "model"
@@ -141,6 +160,7 @@ class AbConcept(Method):
         clip_grad: float = 1.0
         anchor: str = ""
         anchor_prompts: list[str] = field(default_factory=list)
+        detach_start_token: bool = True
 
         def __post_init__(self) -> None:
             check_choice("variant", self.variant, ("model", "noise"))
@@ -151,13 +171,16 @@ class AbConcept(Method):
         """The settings this run uses, with ``auto``/0 replaced by the paper values for the task's kind."""
         c = self.config
         group, steps, base_lr, prior, hflip = PAPER.get(task.kind, PAPER["object"])
-        prior = prior if c.prior_preservation == "auto" else c.prior_preservation == "on"
+        anchor = c.anchor or task.anchor or DEFAULT_ANCHOR.get(task.kind, "object")
+        # README: objects whose name contains the anchor word ("grumpy cat" -> "cat") add prior preservation
+        overlap = task.kind == "object" and anchor.lower() in task.concept_text.lower()
+        prior = (prior or overlap) if c.prior_preservation == "auto" else c.prior_preservation == "on"
         base = c.base_lr or base_lr
         return {"parameter_group": group if c.parameter_group == "auto" else c.parameter_group,
                 "steps": c.steps or steps, "prior": prior,
                 "lr": base * (c.batch_size * (2 if prior else 1) if c.scale_lr else 1),
                 "hflip": hflip if c.hflip == "auto" else c.hflip == "on",
-                "anchor": c.anchor or task.anchor or DEFAULT_ANCHOR.get(task.kind, "object")}
+                "anchor": anchor}
 
     @torch.no_grad()
     def _anchor_latents(self, pipe: Any, task: Task, run: RunContext, anchor: str) -> tuple[torch.Tensor, list[str]]:
@@ -206,7 +229,7 @@ class AbConcept(Method):
             p_anchor = [captions[i] for i in idx]
             p_target = [target_caption(p, r["anchor"], task.concept_text, task.kind, rng) for p in p_anchor]
             x_t, noise, t = noisy(idx)
-            with trainer.autocast:
+            with trainer.autocast, detach_start_token(unet, c.detach_start_token):
                 loss = abconcept_loss(unet, x_t, t, encode(pipe, p_target), encode(pipe, p_anchor), noise, mask,
                                       c.variant)
                 if r["prior"]:

@@ -19,7 +19,7 @@ latents x, x_t = q_sample(x, t), t ~ U{0..999}:
     L_adv = BCE(D(fake), 0)                             anchor = 0, target = 1)
     L_p   = mean((eps_theta(x'_t, p_anchor', t') - eps')^2)   on other anchor images (prior preservation)
 
-Each iteration trains D on L_D (Adam, betas (0.5, 0.999)); after ``warm_up`` discriminator-only iterations
+Each iteration trains D on L_D (Adam, betas (0.5, 0.999)); after ``warm_up`` + 1 discriminator-only iterations
 the UNet's cross-attention k/v also get a step. With the concept-preserving gradient (``surgery``), the two
 gradients are clipped (total norm 1 each, as ``norm_grad``) and, per trained tensor, with
 cos = <g_adv, g_p> / (|g_adv| |g_p|) and g_p^ = g_p / |g_p|:
@@ -34,11 +34,13 @@ as in the reference. ``reference`` equals ``project`` when |g_adv| = 1; after th
 tensor's |g_adv| < 1, so the reference removes more than the conflicting component (the conflicting part is
 replaced by a positive multiple of g_p^).
 
-Paper (method-specs.md section 7) / README settings (the defaults): cross-attention k/v (``xattn_kv``),
-AdamW lr 5e-5 (README: 6e-6 x batch 8 with ``--scale_lr`` = 4.8e-5; weight decay 1e-2), batch 8 (+8 prior
-images), gradient norm clip 1, discriminator lr 5e-4 (README style command; 1e-4 in its object/nudity
-commands), 1000 iterations of which the first 500 train only the discriminator (README: 2000 and 1000),
-lambda 1, prior preservation on, 200 anchor images, horizontal flips.
+README settings (the defaults; the authors' README commands are the only primary source of settings):
+cross-attention k/v (``xattn_kv``), AdamW lr 4.8e-5 (6e-6 x batch 8 with ``--scale_lr``; weight decay 1e-2),
+batch 8 (+8 prior images), gradient norm clip 1, discriminator lr 5e-4 for styles and 1e-4 for objects and
+nudity (``disc_lr: 0``), 2000 iterations, the UNet training in those after iteration 1000 (``global_step >
+warm_up``), lambda 1, prior preservation on, 200 anchor images (the argparse default is 1000), horizontal flips,
+and CustomDiffusion's attention processor (no gradient through the start token's cross-attention key/value,
+``detach_start_token``).
 
 Deviations:
     - Anchor captions and images as AbConcept's here (task captions, the harness sampler, 200 cached images)
@@ -74,7 +76,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from erasebench.api import Method, RunContext, Task
-from erasebench.erasure import PARAMETER_GROUPS, Shadow, Trainer, check_choice, encode, select_parameters
+from erasebench.erasure import PARAMETER_GROUPS, Shadow, Trainer, check_choice, detach_start_token, encode
+from erasebench.erasure import select_parameters
 from erasebench.errors import ConfigError, ErasebenchError
 from erasebench.methods.abconcept import DEFAULT_ANCHOR, AbConcept, target_caption
 from erasebench.registry import register_method
@@ -169,9 +172,11 @@ class DoCo(Method):
         Attributes:
             parameter_group: Trained tensors, a group of erasebench.erasure.PARAMETER_GROUPS.
             steps: Iterations in all (the discriminator steps in every one).
-            warm_up: Discriminator-only iterations at the start; the UNet trains in the other ``steps - warm_up``.
+            warm_up: The UNet trains in the iterations after iteration ``warm_up`` (0-based; the reference's
+                ``global_step > warm_up``), so ``warm_up + 1`` are discriminator-only.
             lr: UNet AdamW learning rate (README: 6e-6 x batch 8).
-            disc_lr: Discriminator Adam learning rate (betas 0.5, 0.999).
+            disc_lr: Discriminator Adam learning rate (betas 0.5, 0.999); 0 = the README's for the task's kind
+                (5e-4 for styles, 1e-4 otherwise).
             disc_blocks: Stride-2 blocks of the PatchGAN; 0 = auto from the latent size (4 on SD).
             batch_size: Anchor images per step (plus as many prior-preservation images).
             surgery: ``reference`` (authors' adjust_gradient), ``project`` (exact projection), ``off``.
@@ -184,13 +189,15 @@ class DoCo(Method):
             clip_grad: Gradient-norm clip (applied to each gradient before the surgery).
             anchor: Anchor concept text; empty = the task's anchor, else a default per kind.
             anchor_prompts: Anchor captions (``{anchor}`` is filled in); empty = the task's, else AbConcept's.
+            detach_start_token: Train with CustomDiffusion's attention rule, as the reference (no gradient through
+                the start token's cross-attention key/value; erasebench.erasure.detach_start_token).
         """
 
         parameter_group: str = "xattn_kv"
-        steps: int = 1000
-        warm_up: int = 500
-        lr: float = 5e-5
-        disc_lr: float = 5e-4
+        steps: int = 2000
+        warm_up: int = 1000
+        lr: float = 4.8e-5
+        disc_lr: float = 0.0
         disc_blocks: int = 0
         batch_size: int = 8
         surgery: str = "reference"
@@ -203,6 +210,7 @@ class DoCo(Method):
         clip_grad: float = 1.0
         anchor: str = ""
         anchor_prompts: list[str] = field(default_factory=list)
+        detach_start_token: bool = True
 
         def __post_init__(self) -> None:
             check_choice("surgery", self.surgery, ("reference", "project", "off"))
@@ -231,7 +239,8 @@ class DoCo(Method):
             blocks = c.disc_blocks or auto_blocks(latents.shape[-1])
             disc = PatchDiscriminator(latents.shape[1], blocks).to(run.device)
         self.disc = disc
-        opt_d = torch.optim.Adam(disc.parameters(), lr=c.disc_lr, betas=(0.5, 0.999))
+        self.disc_lr = c.disc_lr or (5e-4 if task.kind == "style" else 1e-4)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=self.disc_lr, betas=(0.5, 0.999))
         trainer = Trainer(params, "adamw", c.lr, c.steps, desc=f"doco-{c.surgery}", betas=(0.9, 0.999), eps=1e-8,
                           weight_decay=c.weight_decay)
         plist = list(params.values())
@@ -247,13 +256,13 @@ class DoCo(Method):
 
         self.losses: list[dict[str, float]] = []
         for step in range(c.steps):
-            train_g = step >= c.warm_up
+            train_g = step > c.warm_up
             idx = [rng.randrange(len(captions)) for _ in range(c.batch_size)]
             p_anchor = [captions[i] for i in idx]
             p_target = [target_caption(p, anchor, task.concept_text, task.kind, rng) for p in p_anchor]
             x_t, _, t = noisy(idx)
             log: dict[str, float] = {}
-            with trainer.autocast:
+            with trainer.autocast, detach_start_token(unet, c.detach_start_token):
                 with torch.no_grad(), frozen.swap():
                     real = predict_x0(unet(x_t, t, encoder_hidden_states=encode(pipe, p_anchor)).sample, x_t, t,
                                       abar, clip_x0)

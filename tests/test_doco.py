@@ -129,13 +129,14 @@ def test_erase_changes_only_the_trained_tensors(tiny_pipe: Any, tmp_path: Path) 
     before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
     text_before = copy.deepcopy(tiny_pipe.text_encoder.state_dict())
     trained = set(select_parameters(tiny_pipe.unet, "xattn_kv"))
-    method = _method(steps=2, warm_up=1, num_anchor_images=4, batch_size=2)
+    method = _method(steps=3, warm_up=1, num_anchor_images=4, batch_size=2)
     method.erase(tiny_pipe, task, run)
     after = tiny_pipe.unet.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and changed <= trained and all(".attn2.to_" in k for k in changed)
     assert all(torch.equal(v, tiny_pipe.text_encoder.state_dict()[k]) for k, v in text_before.items())
-    assert "adv" not in method.losses[0] and "adv" in method.losses[1]           # step 0 is warm-up
+    # DoCo train.py @ ebf6ff4 ~1239: the UNet steps only `if global_step > args.warm_up` (global_step from 0)
+    assert ["adv" in log for log in method.losses] == [step > 1 for step in range(3)]
 
 
 @pytest.mark.slow

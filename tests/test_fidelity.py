@@ -160,3 +160,156 @@ def test_rece_epochs_preserve_what_the_reference_script_preserves(tiny_pipe: Any
                0.1, c.lamb, c.erase_scale, c.preserve_scale)
     for name, p in kv_layers(tiny_pipe.unet).items():
         torch.testing.assert_close(p.detach(), layers[name].detach(), rtol=1e-6, atol=1e-7)
+
+
+# --- AbConcept / DoCo: CustomDiffusion's attention processor (concept-ablation diffusers/model_pipeline.py
+# @ c11fb1b ~75-110, set on the UNet in train.py ~95; DoCo trains with the same one) ---
+
+class _CustomDiffusionAttnProcessor:
+    """The reference processor, line by line (diffusers >= 0.20 branch)."""
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+        batch_size, sequence_length, _ = hidden_states.shape
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        query = attn.to_q(hidden_states)
+        crossattn = False
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        else:
+            crossattn = True
+            if attn.norm_cross:
+                encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        if crossattn:
+            detach = torch.ones_like(key)
+            detach[:, :1, :] = detach[:, :1, :] * 0.0
+            key = detach * key + (1 - detach) * key.detach()
+            value = detach * value + (1 - detach) * value.detach()
+        query, key, value = attn.head_to_batch_dim(query), attn.head_to_batch_dim(key), attn.head_to_batch_dim(value)
+        attention_probs = attn.get_attention_scores(query, key, attention_mask)
+        hidden_states = attn.batch_to_head_dim(torch.bmm(attention_probs, value))
+        return attn.to_out[1](attn.to_out[0](hidden_states))
+
+
+def _kv_grads(unet: Any, fixed: dict, group: str = "attn") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    params = select_parameters(unet, group)
+    for p in params.values():
+        p.grad = None
+    out = unet(fixed["z"], fixed["t"], encoder_hidden_states=fixed["emb_c"]).sample
+    ((out - fixed["noise"]) ** 2).mean().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in params.items()}
+
+
+def test_detach_start_token_gives_the_custom_diffusion_processors_gradients(tiny_pipe: Any, fixed: dict) -> None:
+    import copy
+
+    from erasebench.erasure import detach_start_token
+
+    reference = copy.deepcopy(tiny_pipe.unet)
+    reference.set_attn_processor(_CustomDiffusionAttnProcessor())
+    ref_out, ref_grads = _kv_grads(reference, fixed)
+    plain_out, plain_grads = _kv_grads(tiny_pipe.unet, fixed)
+    with detach_start_token(tiny_pipe.unet):
+        out, grads = _kv_grads(tiny_pipe.unet, fixed)
+    torch.testing.assert_close(out, ref_out, rtol=1e-4, atol=1e-5)   # the forward pass is unchanged
+    torch.testing.assert_close(plain_out, ref_out, rtol=1e-4, atol=1e-5)
+    for n in ref_grads:
+        torch.testing.assert_close(grads[n], ref_grads[n], rtol=1e-4, atol=1e-7)
+    kv = [n for n in ref_grads if "attn2.to_k" in n or "attn2.to_v" in n]
+    assert max(float((plain_grads[n] - ref_grads[n]).norm() / ref_grads[n].norm()) for n in kv) > 1e-2
+    with detach_start_token(tiny_pipe.unet):
+        pass
+    _, after = _kv_grads(tiny_pipe.unet, fixed)   # the hooks are gone after the block
+    torch.testing.assert_close(after[kv[0]], plain_grads[kv[0]])
+
+
+@pytest.mark.parametrize("name", ["abconcept", "doco"])
+def test_training_runs_with_the_start_token_detached(name: str, tiny_pipe: Any, tmp_path: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from conftest import cached_run_context, compose_cfg
+
+    from erasebench import erasure
+    from erasebench.configs import build_config, build_task
+    from erasebench.registry import METHODS
+
+    module, calls = importlib.import_module(f"erasebench.methods.{name}"), []
+
+    def recording(unet: Any, enabled: bool = True) -> Any:
+        calls.append(enabled)
+        return erasure.detach_start_token(unet, enabled)
+
+    monkeypatch.setattr(module, "detach_start_token", recording)
+    cls = METHODS.get(name)
+    node = {k: v for k, v in compose_cfg(["model=tiny", f"method={name}"])["method"].items() if k != "name"}
+    method = cls(build_config(cls, {**node, **cls.smoke_settings}, "method"))
+    method.erase(tiny_pipe, build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2),
+                 cached_run_context(tiny_pipe, tmp_path))
+    assert calls and all(calls)   # every training forward pass, by default
+
+
+# --- AbConcept recipe (concept-ablation diffusers/utils.py and README.md @ c11fb1b) ---
+
+def test_abconcept_style_captions_draw_the_prefix_form_two_times_in_three() -> None:
+    import random
+
+    from erasebench.methods.abconcept import target_caption
+
+    rng = random.Random(0)   # utils.py ~180: r = np.random.choice([0, 1, 2]); r == 0 -> suffix, else prefix
+    drawn = [target_caption("a painting", "painting", "X", "style", rng) for _ in range(3000)]
+    suffix = sum(d == "a painting, in the style of X" for d in drawn) / len(drawn)
+    assert all(d in {"a painting, in the style of X", "in X's style, a painting"} for d in drawn)
+    assert 0.30 < suffix < 0.37
+
+
+def test_abconcept_object_captions_without_the_anchor_stay_unchanged() -> None:
+    import random
+
+    from erasebench.methods.abconcept import target_caption
+
+    # utils.py ~197: instance_prompt.replace(anchor, target): no anchor word, no change
+    assert target_caption("a photo of a street", "dog", "cat", "object", random.Random(0)) == "a photo of a street"
+    assert target_caption("a photo of a dog", "dog", "cat", "object", random.Random(0)) == "a photo of a cat"
+
+
+@pytest.mark.parametrize(("kind", "concept", "anchor", "prior", "hflip", "lr"), [
+    ("style", "Van Gogh", "painting", False, True, 2e-6 * 8),       # README style command: --hflip
+    ("object", "cat", "dog", False, True, 2e-6 * 8),                # README object command: --hflip
+    ("object", "garbage truck", "truck", True, True, 2e-6 * 8 * 2),  # "overlapping text prompt": prior preservation
+    ("nudity", "nudity", "a person", True, True, 4e-6 * 8 * 2),     # README nudity command: --hflip, prior
+])
+def test_abconcept_recipe_per_kind_is_the_readme_command(kind: str, concept: str, anchor: str, prior: bool,
+                                                         hflip: bool, lr: float) -> None:
+    import dataclasses
+
+    from conftest import compose_cfg
+
+    from erasebench.configs import build_task
+    from erasebench.methods.abconcept import AbConcept
+
+    task = dataclasses.replace(build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2), kind=kind,
+                               concept_text=concept, anchor=anchor)
+    r = AbConcept(AbConcept.Config()).resolve(task)
+    assert (r["prior"], r["hflip"]) == (prior, hflip)
+    assert r["lr"] == pytest.approx(lr)
+
+
+# --- DoCo (yongliang-wu/DoCo @ ebf6ff4, README.md commands) ---
+
+@pytest.mark.parametrize(("kind", "dlr"), [("style", 5e-4), ("object", 1e-4), ("nudity", 1e-4)])
+def test_doco_discriminator_lr_is_the_readme_commands(kind: str, dlr: float, tiny_pipe: Any, tmp_path: Any) -> None:
+    import dataclasses
+
+    from conftest import cached_run_context, compose_cfg
+
+    from erasebench.configs import build_task
+    from erasebench.methods.doco import DoCo
+
+    task = dataclasses.replace(build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2), kind=kind)
+    method = DoCo(DoCo.Config(steps=1, warm_up=1, num_anchor_images=2, batch_size=1))  # discriminator only
+    method.erase(tiny_pipe, task, cached_run_context(tiny_pipe, tmp_path))
+    assert method.disc_lr == dlr   # README: --dlr 0.0005 (style), --dlr 0.0001 (object, nudity)
+    assert (DoCo.Config().steps, DoCo.Config().warm_up, DoCo.Config().lr) == (2000, 1000, pytest.approx(6e-6 * 8))

@@ -68,8 +68,15 @@ def test_abconcept_loss_matches_formula(variant: str, tiny_pipe: Any, fixed: dic
     with torch.no_grad():
         pred = unet(z, t, encoder_hidden_states=e_t).sample
         target = unet(z, t, encoder_hidden_states=e_a).sample if variant == "model" else noise
-    inner = (pred - target)[..., 1:-1, 1:-1]  # the one-pixel border is masked out
-    assert loss.item() == pytest.approx((inner ** 2).mean().item(), rel=1e-5)
+    # concept-ablation diffusers/train.py @ c11fb1b ~1149: F.mse_loss(reduction="none"), then
+    # ((loss * mask).sum([1, 2, 3]) / mask.sum([1, 2, 3])).mean() with a one-channel [B, 1, H, W] mask
+    one_channel = torch.zeros(2, 1, 16, 16)
+    one_channel[..., 1:-1, 1:-1] = 1
+    per_element = torch.nn.functional.mse_loss(pred, target, reduction="none")
+    reference = ((per_element * one_channel).sum([1, 2, 3]) / one_channel.sum([1, 2, 3])).mean()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    inner = (pred - target)[..., 1:-1, 1:-1]  # 4 latent channels: 4x the per-element mean of the unmasked part
+    assert loss.item() == pytest.approx(4 * (inner ** 2).mean().item(), rel=1e-5)
 
 
 def test_abconcept_target_captions() -> None:
