@@ -2,7 +2,8 @@
 (Zhang, Chen, Jia, Zhang, Fan, Liu, Hong, Zhang, Liu; NeurIPS 2024).
 
 Paper: arXiv 2405.15234. Reference code: github.com/OPTML-Group/AdvUnlearn at commit 9d23124
-(``train-scripts/AdvUnlearn.py``, ``train-scripts/attack.py``; the README command for nudity holds the settings).
+(``train-scripts/AdvUnlearn.py``, ``train-scripts/utils/attack_util.py`` (the attack), ``utils/util.py``,
+``utils/prompt_dataset.py``; the README command for nudity holds the settings).
 
 Bi-level adversarial training of the **text encoder** TE_phi (the UNet and the sampler stay the original):
 
@@ -22,11 +23,16 @@ Each outer iteration (algorithm of the reference code):
        UNet and encoder), queried at t_ddpm ~ U[20 t_enc, 20 t_enc + 20) (the CompVis mapping of ESD);
     2. after ``warmup_iterations`` (200), the attack: k = 1 token, initialised as a random vocabulary
        embedding (``attack_init=random``, README), 30 Adam steps at lr 1e-3 against the current encoder (put in
-       eval mode, frozen); every attack step draws a fresh x_t and t; no projection (no eps-ball);
+       eval mode, frozen); every attack step draws a fresh x_t and t; no projection (no eps-ball). As in the
+       code, the attack returns the tokens as they were *before* its last update (it builds the prompt, steps,
+       and returns the prompt it built), and the ``latest`` warm start starts from those;
     3. L_u on the adversarial prompt (before warm-up ends: the plain concept prompt), L_r on 5 retain prompts
-       drawn without replacement (x^r_t by the same partial sampling with TE_0(c_r) and the same t);
-    4. one Adam step (lr 1e-5) on every encoder layer and the final layer norm (``text_encoder_full``; token
-       and position embeddings frozen).
+       drawn without replacement, the pool refilled whenever fewer than 5 are unseen, so every batch has 5
+       (x^r_t by the same partial sampling with TE_0(c_r) and the same t); every retain prompt is used, also
+       one that names the concept (as the code);
+    4. one Adam step (lr 1e-5) on every encoder layer and the final layer norm (``text_encoder_full``,
+       component ``all``; token and position embeddings frozen). With ``ffn`` / ``attn`` or ``train_layers``
+       the final layer norm trains only with ``norm_layer`` (``--norm_layer``), as ``param_choices``.
 
 Paper settings (the defaults): 1000 iterations, warm-up 200, gamma 0.3, retain batch 5 from
 ``coco_object_retain.csv`` (243 "a photo of {COCO object}" prompts, shipped in ``erasebench/data``),
@@ -40,7 +46,9 @@ Deviations and choices:
     - Multi-token concepts: the reference counts one token per whitespace word (``len(word.split())``), so a
       concept like "Van Gogh" (3 BPE tokens) is cut when the adversarial prompt is assembled. Here the
       prompt is tokenised for real and the k soft tokens are inserted after the start token; the sequence
-      keeps 77 positions by dropping k trailing pad positions (as the reference does).
+      keeps 77 positions by dropping k trailing pad positions. The reference drops positions 1+n .. 1+n+k
+      (n = its word count): the end token and the first pads, all the same id in SD's tokenizer (pad = end), so
+      for a concept of n single-token words the two give the same ids and embeddings.
     - Gradient accumulation in the attack: the reference never calls ``zero_grad`` on the adversarial
       embedding, so Adam sees the running sum of all gradients of the attack. Off by default (the paper
       describes a plain Adam attack); ``attack_accumulate_grad: true`` reproduces the code.
@@ -51,8 +59,8 @@ Deviations and choices:
       evaluation's preserve prompts, so the preserve score is then measured on trained prompts).
     - Only the ``prefix_k`` placement and ``word_embd`` attack space are implemented (the README setting), and
       only the ``reg`` retain mode (the README setting); ``fast_at`` is not implemented.
-    - ``train_layers`` > 0 trains the first N encoder layers (+ final layer norm) with exact layer indices;
-      the reference's ``startswith('encoder.layers.1')`` also matches layers 10 and 11.
+    - ``train_layers`` > 0 trains the first N encoder layers with exact layer indices; the reference's
+      ``startswith('encoder.layers.1')`` also matches layers 10 and 11.
     - The trained tensors are fp32 master weights (autocast on GPU); one generator seeded with the run seed
       draws every random quantity; the reference's ``--lr type=int`` bug does not exist here.
 """
@@ -77,20 +85,23 @@ from erasebench.prompt_csv import read_prompt_csv
 from erasebench.registry import register_method
 
 #: Parameter-name patterns of the text-encoder groups (``text_model.`` prefix optional: transformers 4 and 5).
-TE_GROUPS = {"full": (r"encoder\.layers\.\d+\.", r"final_layer_norm\."),
-             "ffn": (r"encoder\.layers\.\d+\.mlp\.", r"final_layer_norm\."),
-             "attn": (r"encoder\.layers\.\d+\.self_attn\.", r"final_layer_norm\.")}
+TE_GROUPS = {"full": r"encoder\.layers\.\d+\.", "ffn": r"encoder\.layers\.\d+\.mlp\.",
+             "attn": r"encoder\.layers\.\d+\.self_attn\."}
 
 
-def select_text_encoder_parameters(text_encoder: torch.nn.Module, group: str = "full",
-                                   layers: int = 0) -> dict[str, torch.nn.Parameter]:
-    """The trained text-encoder tensors: encoder layers (all, or the first ``layers``) and the final layer norm.
+def select_text_encoder_parameters(text_encoder: torch.nn.Module, group: str = "full", layers: int = 0,
+                                   norm_layer: bool = False) -> dict[str, torch.nn.Parameter]:
+    """The trained text-encoder tensors: encoder layers (all, or the first ``layers``) of ``group``, and the
+    final layer norm as the reference's ``param_choices`` adds it: with every layer of every component
+    (``text_encoder_full``, component ``all``), otherwise only with ``--norm_layer`` (``norm_layer``).
 
-    Token and position embeddings are never selected (the paper's ``text_encoder_full``).
+    Token and position embeddings are never selected.
     """
+    with_norm = norm_layer or (group == "full" and not layers)
     chosen = {}
     for name, p in text_encoder.named_parameters():
-        if "embeddings." in name or not any(re.search(pat, name) for pat in TE_GROUPS[group]):
+        is_norm = with_norm and re.search(r"final_layer_norm\.", name) is not None
+        if "embeddings." in name or not (is_norm or re.search(TE_GROUPS[group], name)):
             continue
         m = re.search(r"encoder\.layers\.(\d+)\.", name)
         if layers and m and int(m.group(1)) >= layers:
@@ -139,7 +150,9 @@ def soft_prompt_attack(unet: Any, text_encoder: Any, ids: torch.Tensor, adv_init
         accumulate: Keep summing gradients across steps (the reference code: no ``zero_grad``).
 
     Returns:
-        The adversarial tokens (detached) and the attack loss of every step (before its update).
+        The adversarial tokens as the reference returns them: built before the *last* step's update (its loop
+        forms the prompt embedding from the tokens, then steps, and returns that embedding), so the last update
+        is never used; and the attack loss of every step (before its update).
     """
     was_training = text_encoder.training
     flags = {n: p.requires_grad for n, p in text_encoder.named_parameters()}
@@ -153,13 +166,14 @@ def soft_prompt_attack(unet: Any, text_encoder: Any, ids: torch.Tensor, adv_init
             loss = attack_loss(unet, text_encoder, ids, adv, z, t, emb_c)
             (grad,) = torch.autograd.grad(loss, adv)
             adv.grad = grad if not accumulate or adv.grad is None else adv.grad + grad
+            used = adv.detach().clone()
             opt.step()
             losses.append(float(loss.detach()))
     finally:
         text_encoder.train(was_training)
         for n, p in text_encoder.named_parameters():
             p.requires_grad_(flags[n])
-    return adv.detach(), losses
+    return (used if steps else adv.detach()), losses
 
 
 def unlearn_loss(unet: Any, text_encoder: Any, ids: torch.Tensor, adv: torch.Tensor | None, z: torch.Tensor,
@@ -181,15 +195,14 @@ def retain_loss(unet: Any, text_encoder: Any, ids: torch.Tensor, z: torch.Tensor
     return F.mse_loss(pred.float(), target.float())
 
 
-def load_retain_prompts(source: str, task: Task, concept: str,
+def load_retain_prompts(source: str, task: Task,
                         data_path: Callable[[str], Path] = resolve_data_path) -> list[str]:
     """Retain prompts: the paper's COCO-object CSV (found through ``data_path``), or the task's preserve-split
-    prompts."""
+    prompts. None is dropped for naming the concept (neither does the reference)."""
     if source == "coco_object":
         prompts = [row["prompt"] for row in read_prompt_csv(data_path("coco_object_retain.csv"))]
     else:
         prompts = list(dict.fromkeys(item.prompt for item in task.splits.get("preserve", ())))
-    prompts = [p for p in prompts if concept.lower() not in p.lower()]
     if not prompts:
         raise ErasebenchError(f"No retain prompts from '{source}' for task '{task.name}'.")
     return prompts
@@ -213,6 +226,8 @@ class AdvUnlearn(Method):
             lr: Adam learning rate of the encoder.
             train_group: ``full`` (every encoder layer + final layer norm; the paper), ``ffn`` or ``attn``.
             train_layers: 0 = all encoder layers; N = the first N layers only.
+            norm_layer: Also train the final layer norm where the reference needs ``--norm_layer`` for it
+                (``ffn``, ``attn`` or ``train_layers`` > 0; ``full`` always trains it).
             negative_guidance: eta of the ESD target.
             start_guidance: CFG scale of the partial DDIM sampling that makes x_t.
             ddim_steps: Length of that DDIM chain.
@@ -235,6 +250,7 @@ class AdvUnlearn(Method):
         lr: float = 1e-5
         train_group: str = "full"
         train_layers: int = 0
+        norm_layer: bool = False
         negative_guidance: float = 1.0
         start_guidance: float = 3.0
         ddim_steps: int = 50
@@ -263,7 +279,7 @@ class AdvUnlearn(Method):
         unet, te, tok = pipe.unet, pipe.text_encoder, pipe.tokenizer
         unet.requires_grad_(False)
         concept = c.prompt or task.erase_text()
-        retain = load_retain_prompts(c.retain_prompts, task, concept, run.data_path)
+        retain = load_retain_prompts(c.retain_prompts, task, run.data_path)
         # Everything the original encoder gives, computed before it changes.
         emb_0, emb_c = encode(pipe, [""]), encode(pipe, [concept])
         emb_retain = torch.cat([encode(pipe, retain[i:i + 64]) for i in range(0, len(retain), 64)])
@@ -271,7 +287,7 @@ class AdvUnlearn(Method):
         adv_ids = prefix_input_ids(tok, concept, c.adv_tokens)
         retain_ids = tok(retain, padding="max_length", max_length=tok.model_max_length, truncation=True,
                          return_tensors="pt").input_ids
-        params = select_text_encoder_parameters(te, c.train_group, c.train_layers)
+        params = select_text_encoder_parameters(te, c.train_group, c.train_layers, c.norm_layer)
         te.requires_grad_(False)
         self.resolved = {"concept_tokens": len(concept_token_ids(tok, concept)), "retain_prompt_count": len(retain),
                          "trained_tensors": len(params), "trained_parameters": sum(p.numel() for p in params.values())}
@@ -306,7 +322,7 @@ class AdvUnlearn(Method):
                                                   (lambda: draw(emb_c)[:2]) if c.attack_resample_xt else lambda f=fixed: f,
                                                   c.attack_steps, c.attack_lr, c.attack_accumulate_grad)
                 self.attack_losses.append(att)
-            if not order:
+            if len(order) < c.retain_batch:  # the reference resets its pool when fewer than a batch are unseen
                 order = torch.randperm(len(retain), generator=gen).tolist()
             idx, order = order[: c.retain_batch], order[c.retain_batch:]
             # Retain x_t: the same partial sampling with the original retain embeddings, the same t.

@@ -313,3 +313,107 @@ def test_doco_discriminator_lr_is_the_readme_commands(kind: str, dlr: float, tin
     method.erase(tiny_pipe, task, cached_run_context(tiny_pipe, tmp_path))
     assert method.disc_lr == dlr   # README: --dlr 0.0005 (style), --dlr 0.0001 (object, nudity)
     assert (DoCo.Config().steps, DoCo.Config().warm_up, DoCo.Config().lr) == (2000, 1000, pytest.approx(6e-6 * 8))
+
+
+# --- AdvUnlearn (OPTML-Group/AdvUnlearn @ 9d23124: train-scripts/AdvUnlearn.py, utils/attack_util.py,
+# utils/prompt_dataset.py, utils/util.py) ---
+
+def test_advunlearn_attack_returns_the_embedding_built_before_its_last_update(tiny_pipe: Any) -> None:
+    from erasebench.methods import advunlearn
+
+    unet, te, tok = tiny_pipe.unet, tiny_pipe.text_encoder, tiny_pipe.tokenizer
+    unet.requires_grad_(False)
+    ids = advunlearn.prefix_input_ids(tok, "cat", 1)
+    with torch.no_grad():
+        emb_c = te(advunlearn.prefix_input_ids(tok, "cat", 0))[0]
+    z, t = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([400])
+    adv0 = te.get_input_embeddings().weight[[5]].detach().unsqueeze(0)
+    # attack_util.soft_prompt_attack: each step builds input_adv_word_embedding from adv_embedding, computes the
+    # loss through it, backward, attack_opt.step(); the function returns the last input_adv_word_embedding.
+    adv_embedding = adv0.clone().requires_grad_(True)
+    attack_opt = torch.optim.Adam([adv_embedding], lr=0.05)
+    for _ in range(4):
+        input_adv_word_embedding = adv_embedding.detach().clone()
+        attack_opt.zero_grad()   # erasebench's default (attack_accumulate_grad: false)
+        advunlearn.attack_loss(unet, te, ids, adv_embedding, z, t, emb_c).backward()
+        attack_opt.step()
+    ours, losses = advunlearn.soft_prompt_attack(unet, te, ids, adv0, emb_c, lambda: (z, t), steps=4, lr=0.05)
+    torch.testing.assert_close(ours, input_adv_word_embedding)
+    assert len(losses) == 4 and float((ours - adv_embedding.detach()).norm()) > 0   # the last update is unused
+
+
+def test_advunlearn_retain_batches_are_always_full(tiny_pipe: Any, tmp_path: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import cached_run_context, compose_cfg
+
+    from erasebench.configs import build_config, build_task
+    from erasebench.methods import advunlearn
+
+    seen: list[list[int]] = []
+    real = advunlearn.retain_loss
+
+    def recording(unet: Any, text_encoder: Any, ids: torch.Tensor, *args: Any) -> torch.Tensor:
+        seen.append([int(hash(tuple(row.tolist())) % 10**9) for row in ids])
+        return real(unet, text_encoder, ids, *args)
+
+    monkeypatch.setattr(advunlearn, "retain_loss", recording)
+    import dataclasses
+
+    from erasebench.api import PromptItem
+
+    task = build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
+    retain = ["a photo of a dog", "a photo of a car", "a red bus", "a green tree", "a small boat"]
+    task = dataclasses.replace(task, splits={**task.splits, "preserve": [PromptItem(p, seed=i) for i, p in
+                                                                         enumerate(retain)]})
+    pool = len(advunlearn.load_retain_prompts("task_preserve", task))
+    assert pool % 2 == 1   # an odd pool: a short leftover batch would appear without the reset
+    node = {k: v for k, v in compose_cfg(["model=tiny", "method=advunlearn"])["method"].items() if k != "name"}
+    settings = {**node, **advunlearn.AdvUnlearn.smoke_settings, "retain_prompts": "task_preserve",
+                "iterations": pool + 1, "warmup_iterations": pool + 1}
+    method = advunlearn.AdvUnlearn(build_config(advunlearn.AdvUnlearn, settings, "method"))
+    method.erase(tiny_pipe, task, cached_run_context(tiny_pipe, tmp_path))
+    # PromptDataset: sample without replacement; AdvUnlearn.py resets the pool when fewer than retain_batch
+    # prompts are unseen (checked every adv_prompt_update_step = 1 iteration): every batch has retain_batch.
+    assert [len(b) for b in seen] == [2] * (pool + 1)
+    cycle = pool // 2   # full batches per pass over the pool, then the reset
+    for start in range(0, len(seen) - cycle + 1, cycle):
+        drawn = [h for b in seen[start:start + cycle] for h in b]
+        assert len(drawn) == len(set(drawn))
+
+
+def _param_choices(names: list[str], train_method: str, component: str, final_layer_norm: bool) -> list[str]:
+    """util.param_choices for text_encoder_full and text_encoder_layer0, branch by branch."""
+    out = []
+    for name in names:
+        if train_method == "text_encoder_full":
+            if name.startswith("final_layer_norm"):
+                if component == "all" or final_layer_norm:
+                    out.append(name)
+            elif name.startswith("encoder"):
+                if (component == "ffn" and "mlp" in name) or (component == "attn" and "self_attn" in name) \
+                        or component == "all":
+                    out.append(name)
+        elif train_method == "text_encoder_layer0":
+            if name.startswith("encoder.layers.0."):
+                if (component == "ffn" and "mlp" in name) or (component == "attn" and "self_attn" in name) \
+                        or component == "all":
+                    out.append(name)
+            elif name.startswith("final_layer_norm") and final_layer_norm:
+                out.append(name)
+    return out
+
+
+@pytest.mark.parametrize("norm_layer", [False, True])
+@pytest.mark.parametrize(("train_method", "component", "group", "layers"), [
+    ("text_encoder_full", "all", "full", 0), ("text_encoder_full", "ffn", "ffn", 0),
+    ("text_encoder_full", "attn", "attn", 0), ("text_encoder_layer0", "all", "full", 1),
+    ("text_encoder_layer0", "ffn", "ffn", 1)])
+def test_advunlearn_trained_tensors_are_param_choices(tiny_pipe: Any, train_method: str, component: str,
+                                                      group: str, layers: int, norm_layer: bool) -> None:
+    from erasebench.methods import advunlearn
+
+    te = tiny_pipe.text_encoder   # the reference names text_model's parameters (no "text_model." prefix here)
+    names = [n.removeprefix("text_model.") for n, _ in te.named_parameters()]
+    expected = _param_choices(names, train_method, component, norm_layer)
+    got = advunlearn.select_text_encoder_parameters(te, group, layers, norm_layer)
+    assert sorted(n.removeprefix("text_model.") for n in got) == sorted(expected)
