@@ -13,8 +13,8 @@ its groups and :func:`kv_edit` does the rest:
   (v* = W_old c_guide): ``EditGroup(inputs=c_concept, targets=c_guide, scale=s_e)``;
 - a *preserve* group keeps the original outputs (v* = W_old c_j): ``EditGroup(inputs=c_keep, scale=s_p)``.
 
-Targets are given in the text-state space and mapped through the *original* weight of each layer, as every
-reference code does. The solve runs in float64 (the 768 x 768 system of SD is ill-conditioned when lambda is
+Targets are given in the text-state space and mapped through each layer's weight as it is before this solve
+(the original model's for UCE; the current, already edited one for a RECE epoch), as the reference codes do. The solve runs in float64 (the 768 x 768 system of SD is ill-conditioned when lambda is
 small) and the result is cast back to the layer's dtype; no optimiser is involved.
 """
 
@@ -93,7 +93,8 @@ def token_states(pipe: Any, prompts: Sequence[str], which: str = "last") -> torc
         prompts: The prompts.
         which: ``"last"``: the last real token of each prompt (UCE's 2024 code, ``attention_mask.sum() - 2``),
             shape [n, D]; ``"eot"``: the end-of-text token after it (TRCE's [EoT]), [n, D]; ``"all"``: every
-            real token after the start token, concatenated, [sum of lengths, D] (UCE's first version, RECE).
+            real token after the start token, concatenated, [sum of lengths, D] (no reference code uses it: UCE's
+            first version and RECE take all 77 states, position by position).
     """
     states, lengths = states_and_lengths(pipe, prompts)
     rows = []

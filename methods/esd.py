@@ -36,8 +36,13 @@ Deviations from the reference code:
     - Multi-concept separators (``--seperator``) are not implemented: the concept text is one prompt.
     - The CompVis ``--lr`` type=int bug does not exist here (any lr can be set).
 
-The diffusers port's options (``sampler_model=frozen``, ``t_mapping=consistent``, ``train_method=xattn_kv``)
-reproduce ``esd_sd.py``; two of its conventions differ from the names here:
+The diffusers port's options (``sampler_model=frozen``, ``t_mapping=consistent``, ``train_method=xattn_kv``
+= its ``esd-x-strict``; its ``esd-x`` is ``xattn``) follow ``esd_sd.py``'s sampling and loss, not all of it:
+    - It samples x_t with the pipeline's own scheduler (PNDM for SD v1.4, whose 50-step list has 51 entries,
+      [981, 961, 961, 941, ..., 1]; it queries ``timesteps[k]``, so 961 twice as often and never 1); DDIM here.
+    - Its defaults differ from the paper's, which stay the defaults here: 1024 px for SD v1.4 (128x128
+      latents), 200 iterations, lr 5e-5, bf16 weights with bf16 Adam (set ``iterations`` / ``lr`` to compare).
+Two of its conventions differ from the names here:
     - Its target is ``e_p - eta' (e_p - e_0)``, which is ``e_0 - (eta' - 1)(e_p - e_0)``: its ``negative_guidance``
       eta' is this eta + 1 (the port's default 2 is the paper's 1).
     - Its ``esd-u`` trains the Linear and Conv2d modules outside cross-attention (the time embedding and

@@ -42,8 +42,14 @@ Deviations from the reference code:
       the UCE model itself is never chosen over the RECE epochs.
     - The UCE stage runs here, from the original model, with the harness's concept/preserve sets (the reference
       loads a UCE checkpoint made by another script); its settings are the ``uce_*`` fields.
-    - Given preserve concepts for nudity/unsafe, ``train.py`` preserves as many of them as there are erased
-      concepts, drawn at random; here all of them (:func:`epoch_retain`).
+    - ``train.py``'s ``--preserve_concepts`` path (nudity/unsafe) is broken: ``random.sample`` runs over the
+      argument *string*, so it preserves random characters; here the preserve concepts themselves are kept
+      (:func:`epoch_retain`).
+    - Styles: the paper's model preserves all 1,733 other artists at s_p 0.1 (UCE stage and epochs); with the
+      task's few other artists the UCE stage's s_p = max(0.1, 1/(n + 1)) is larger (0.2 for four) and the
+      preserved set far smaller. ``erase_methods/train_uce.py`` as committed raises on its ``add=`` argument and
+      names its outputs unlike the checkpoints the scripts load: RECE's UCE models came from an earlier version
+      of it (the same ``edit_model`` arithmetic).
     - Only ``close_regzero`` (the embedding of every script) is implemented, not ``close_standardreg`` /
       ``close_surrogatereg``; only ``technique=replace``.
     - Solves run in float64 (the code inverts in float32); preserved concepts are phrased like the erased one
@@ -110,8 +116,8 @@ def rece_epoch(pipe: Any, layers: Mapping[str, torch.nn.Parameter], original: Ma
 def epoch_retain(kind: str, n_concepts: int, preserve: Sequence[str]) -> list[str]:
     """The texts an epoch preserves, as each reference script builds them.
 
-    ``train.py`` (nudity, unsafe) keeps one " " per erased concept, or, given preserve concepts, those alone
-    (it draws as many as there are concepts at random; all of them here); ``train_artists.py`` and
+    ``train.py`` (nudity, unsafe) keeps one " " per erased concept (its preserve-concept path is broken, see
+    the module docstring; given preserve concepts, they are kept alone here); ``train_artists.py`` and
     ``train_object.py`` keep "" and the preserve concepts.
     """
     if kind in KIND_DEFAULTS:

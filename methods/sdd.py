@@ -1,7 +1,7 @@
 """SDD: Safe self-Distillation of Diffusion models (Kim, Jung, Kim, Lee, Hwang; arXiv 2307.05977, 2023).
 
-Reference code: github.com/nannullna/safe-diffusion at commit a2e820c (``train_sdd.py``,
-``run_sdd_nudity.sh`` holds the defaults used here).
+Reference code: github.com/nannullna/safe-diffusion at commit a2e820c (``train_sdd.py``; the defaults are its
+argparse defaults, which ``run_sdd_nudity.sh`` keeps: it sets only the concept and seed 42).
 
 The student is distilled, under the concept prompt c_s, toward its *own* unconditional prediction
 (stop-gradient), on latents sampled by an EMA teacher of itself:
@@ -27,6 +27,7 @@ Deviations and choices:
       the untrained ones never change, so their average is themselves.
     - Trained tensors are fp32 master weights with autocast on GPU (the reference offers fp16 autocast).
     - One concept per run (``--concept_method iterative`` over one concept is the same).
+    - The start noise has the UNet's native latent size (the reference hard-codes 64x64: the same for SD v1).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class SDD(Method):
 
     @dataclass
     class Config:
-        """SDD settings; defaults follow ``run_sdd_nudity.sh`` at a2e820c.
+        """SDD settings; defaults are train_sdd.py's at a2e820c (as ``run_sdd_nudity.sh`` runs it).
 
         Attributes:
             train_method: Parameter group, one of :data:`SDD_GROUPS` (the reference's ``full``, ``selfattn``,

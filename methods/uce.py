@@ -45,6 +45,8 @@ Deviations from the reference code:
       (the toy world's "a circle" for "circle"), a preserved "square" becomes "a square"
       (:func:`concept_phrase`); a separate concept list (e.g. 1,734 artists) is not shipped.
     - The solve is float64 with ``torch.linalg.solve`` (the 2024 code inverts in float32).
+    - Prompt expansion with ``tokens=tail`` on a nudity or unsafe task uses the object templates; the 2023
+      script expands only art and object concepts.
     - The 2023 code's ``technique=tensor`` variant (targets with the concept's direction projected out) is not
       implemented; ``replace`` (the default of every script) is.
 """
@@ -62,7 +64,8 @@ from erasebench.closed_form import EditGroup, kv_edit, kv_layers, states_and_len
 from erasebench.erasure import check_choice
 from erasebench.registry import register_method
 
-#: Guide of ``guide: auto`` per task kind (UCE script: "art" for --concept_type art, else "").
+#: Guide of ``guide: auto`` per task kind: the 2024 script's ("art" for --concept_type art, else ""). The 2023
+#: script's own default is " " for every type; its README command passes "art" for artists, as here.
 DEFAULT_GUIDE = {"style": "art"}
 #: The scripts' prompt expansion (``--expand_prompts true``), per concept type ("art" templates for styles).
 EXPANSIONS = {
