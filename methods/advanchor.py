@@ -56,11 +56,17 @@ Deviations:
       code counts whitespace words from position 1).
     - Training images: ``steps`` images (the code's loop breaks at ``i == iter_break``, so it uses 51 for 50),
       rendered with the harness's sampler for the model from the concept prompt c and cached (the code
-      renders up to 1000 images of the bare concept name, LMS 100 steps, CFG 7.5, random seeds).
+      renders up to 1000 images, LMS 100 steps, CFG 7.5, random seeds).
     - The attribute prompts (``--att_size``) are not implemented: the README command uses none.
     - The L1 distance to the original weights (printed, never added to the loss in the code) is omitted.
     - No second UNet: the original's predictions swap the saved attn2 values in. fp32 master weights, autocast
       on GPU; one generator seeded with the run seed draws every random quantity.
+    - Precision: the code runs in fp32. The anchor e(c) + delta is formed in fp32 here, but with a half-precision
+      UNet (``dtype: auto`` on CUDA) the cross-attention projections see it in fp16/bf16, where delta's
+      1e-4-sized steps are below the resolution of values near 1 (about 1e-3): run AdvAnchor on GPU with
+      ``model.dtype=float32`` to match the code (the CPU / toy runs are fp32).
+    - Training images: the code's ``generate-data.py`` wraps the prompt in a list again on every loop, so only
+      its first images use the bare concept name; here every image uses the concept prompt c.
 """
 
 from __future__ import annotations
@@ -88,10 +94,14 @@ DEFAULT_TEMPLATES = {
 
 
 def similarity(a: torch.Tensor, b: torch.Tensor, kind: str) -> torch.Tensor:
-    """Similarity of two predictions: cosine over all elements per sample, or the code's mean product."""
+    """Similarity of two predictions: cosine over all elements per sample, or the code's mean product.
+
+    The code's is ``coeff[0] * mean(e_a * e_c) / (o + 1)`` with coeff[0] = 1 and o = 1 (``--ori_flag``, the
+    README command): half the mean product.
+    """
     if kind == "cosine":
         return F.cosine_similarity(a.flatten(1).float(), b.flatten(1).float(), dim=1).mean()
-    return (a.float() * b.float()).mean()
+    return (a.float() * b.float()).mean() / 2
 
 
 def adv_loss(unet: Any, z: torch.Tensor, t: torch.Tensor, emb_anchor: torch.Tensor, emb_c: torch.Tensor,
@@ -180,7 +190,8 @@ class AdvAnchor(Method):
 
     @dataclass
     class Config:
-        """AdvAnchor settings; defaults are the README command at Mengnan-Zhao-Happy/AdvAnchor 53514b4.
+        """AdvAnchor settings; defaults are the README command at Mengnan-Zhao-Happy/AdvAnchor 53514b4, except
+        ``similarity`` and ``accumulate_grads``, where the code and the paper's text differ (module docstring).
 
         Attributes:
             strategy: ``op1`` alternating (paper main), ``op2`` sequential, ``op3`` cyclical.
@@ -285,7 +296,7 @@ class AdvAnchor(Method):
             if c.delta_space == "token_input":
                 return text_states(te, anchor_ids, delta, start, mode="add")
             pad = (0, 0, start, emb_a_base.shape[1] - start - n_tok)
-            return emb_a_base + F.pad(delta.to(emb_a_base.dtype), pad)
+            return emb_a_base.float() + F.pad(delta.float(), pad)  # fp32: delta's 1e-4 steps vanish in fp16
 
         params = select_parameters(unet, c.train_method)
         frozen = Shadow(params)

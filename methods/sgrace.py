@@ -26,7 +26,9 @@ Attack (``adv_embeddings`` = 8 soft prompts a_i, PGD-style sign steps on the inp
 "Copycat" initialisation: a_0 = the token embeddings of c; a_i (i >= 1) = ``random_tokens`` random token ids
 followed by a comma-joined sample of n ~ U{3..10} related concepts (the concept itself is related concept 0).
 Each round after the first, every a_i is redrawn with probability ``update_chance`` (0.8), otherwise the attack
-restarts from its previous *initial* value (the reference never keeps the attacked values across rounds).
+continues from its attacked value of the last round (``keep_attacked``): in the reference the attacked
+``nn.Parameter`` shares storage with the stored initial embedding (``train.py`` ~331), so Adam's in-place steps
+overwrite it and a prompt that is not redrawn starts from where its attack ended.
 
 Edit (``edit_steps`` = 50 Adam steps, lr 1e-5, per round; a_i* fixed, f0_i = their features before the edit):
 
@@ -77,6 +79,8 @@ Deviations and choices:
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import re
 from collections.abc import Callable, Sequence
@@ -355,6 +359,8 @@ class SGrace(Method):
             noisy_images: Starting noises z_T for x_t.
             timesteps_per_image: Timesteps drawn (one x_t per noise and timestep).
             few_shot: Draw x_t once (true, the reference) instead of every round.
+            keep_attacked: A prompt that is not redrawn starts its next attack from its attacked value (true,
+                the reference) instead of its initial one.
             ddim_steps: Length of the DDIM chain that makes x_t.
             start_guidance: Its CFG scale.
             xt_prompt_template: ``auto`` (by task kind, see deviations) or a template with ``{}``.
@@ -389,6 +395,7 @@ class SGrace(Method):
         noisy_images: int = 1
         timesteps_per_image: int = 1
         few_shot: bool = True
+        keep_attacked: bool = True
         ddim_steps: int = 50
         start_guidance: float = 3.0
         xt_prompt_template: str = "auto"
@@ -443,7 +450,7 @@ class SGrace(Method):
         anchor_orig = torch.cat([encode(pipe, anchors[i:i + 64]) for i in range(0, len(anchors), 64)])
         emb_0, emb_xt = encode(pipe, [""]), encode(pipe, [self.xt_prompt(task, concept)])
 
-        params = select_text_encoder_parameters(te, c.train_group)
+        params = select_text_encoder_parameters(te, c.train_group, norm_layer=True)  # every group + final LN
         originals = Shadow(params).values
         sched = ddim_scheduler(pipe, c.ddim_steps)
         size = unet.config.sample_size
@@ -493,6 +500,8 @@ class SGrace(Method):
                 advs, att = pgd_attack(unet, te, prompts, samples, f_target, projection, c.attack_steps,
                                        c.attack_lr, c.attack_target_sim_weight, c.feature_token, c.attack_projection)
             self.attack_losses.append(att)
+            if c.keep_attacked:
+                prompts = [dataclasses.replace(p, init=a.detach().clone()) for p, a in zip(prompts, advs)]
             with torch.no_grad(), trainer.autocast:
                 f_before = adv_features(adv_states(te, prompts, advs), prompts, c.feature_token, projection)
             for _ in range(c.edit_steps):

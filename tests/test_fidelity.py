@@ -417,3 +417,49 @@ def test_advunlearn_trained_tensors_are_param_choices(tiny_pipe: Any, train_meth
     expected = _param_choices(names, train_method, component, norm_layer)
     got = advunlearn.select_text_encoder_parameters(te, group, layers, norm_layer)
     assert sorted(n.removeprefix("text_model.") for n in got) == sorted(expected)
+
+
+# --- S-GRACE (Qhong-522/S-GRACE @ 0b5cc75, train.py ~327-334, ~389, ~569-582) ---
+
+def test_sgrace_prompts_not_redrawn_attack_on_from_their_attacked_value(tiny_pipe: Any, tmp_path: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # train.py: att_embedding = nn.Parameter(att_embedding_0.to(device)) shares att_embedding_0's storage (it
+    # is already on the device), so the attack's in-place Adam steps overwrite the stored initial embedding: a
+    # prompt kept for the next round starts from its attacked value.
+    from conftest import cached_run_context, compose_cfg
+
+    from erasebench.configs import build_config, build_task
+    from erasebench.methods import sgrace
+
+    rounds: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+    real = sgrace.pgd_attack
+
+    def recording(unet: Any, te: Any, prompts: list, *args: Any) -> Any:
+        advs, losses = real(unet, te, prompts, *args)
+        rounds.append(([p.init.clone() for p in prompts], [a.clone() for a in advs]))
+        return advs, losses
+
+    monkeypatch.setattr(sgrace, "pgd_attack", recording)
+    node = {k: v for k, v in compose_cfg(["model=tiny", "method=sgrace"])["method"].items() if k != "name"}
+    settings = {**node, **sgrace.SGrace.smoke_settings, "rounds": 2, "update_chance": 0.0}
+    method = sgrace.SGrace(build_config(sgrace.SGrace, settings, "method"))
+    method.erase(tiny_pipe, build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2),
+                 cached_run_context(tiny_pipe, tmp_path))
+    (inits_0, advs_0), (inits_1, _) = rounds
+    assert any(float((a - i).abs().max()) > 0 for a, i in zip(advs_0, inits_0))   # the attack moved them
+    for a, i in zip(advs_0, inits_1):
+        torch.testing.assert_close(i, a)
+
+
+# --- AdvAnchor (Mengnan-Zhao-Happy/AdvAnchor @ 53514b4, train-scripts/Ladv1ablation_op1.py ~229-233) ---
+
+def test_advanchor_mean_product_is_the_codes_loss() -> None:
+    from erasebench.methods.advanchor import similarity
+
+    g = torch.Generator().manual_seed(0)
+    e_a, e_c = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    coeff, cu_len = [1.0], 1        # --ori_flag: the original prompt's term, one term in all
+    loss_sum = coeff[0] * torch.mean(e_a * e_c)
+    loss = loss_sum / (cu_len + 1)
+    assert similarity(e_a, e_c, "mean_product").item() == pytest.approx(loss.item(), rel=1e-6)
+

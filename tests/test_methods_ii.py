@@ -52,7 +52,7 @@ def test_advanchor_adv_loss_matches_formula(variant: str, sim: str, tiny_pipe: A
     if sim == "cosine":
         expected = sum((a[i] * c[i]).sum() / (a[i].norm() * c[i].norm()) for i in range(2)) / 2
     else:
-        expected = (a * c).sum() / a.numel()
+        expected = (a * c).sum() / a.numel() / 2   # the code's mean product over (1 + o) terms, o = 1 (--ori_flag)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
     (grad,) = torch.autograd.grad(loss, e_anchor)  # the anchor embedding (hence delta) gets the gradient
     assert grad.abs().sum() > 0
