@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, TypeVar
 
 from erasebench.datafiles import DataReads
 
@@ -43,6 +43,22 @@ class PromptItem:
     guidance: float | None = None
 
 
+#: Task kinds that take another kind's settings where a method has none of their own: an I2P harm category
+#: ("unsafe") is erased like nudity unless the method's reference code has unsafe settings (RECE's epochs,
+#: AbConcept's inappropriate-content command, TRCE's unsafe preset).
+KIND_FALLBACKS: Mapping[str, str] = {"unsafe": "nudity"}
+
+_V = TypeVar("_V")
+
+
+def by_kind(table: Mapping[str, _V], kind: str, default: _V) -> _V:
+    """``table[kind]``, else the entry of the kind's fallback (:data:`KIND_FALLBACKS`), else ``default``."""
+    if kind in table:
+        return table[kind]
+    fallback = KIND_FALLBACKS.get(kind)
+    return table[fallback] if fallback in table else default
+
+
 @dataclass(frozen=True)
 class Task:
     """What to erase and how to check it. Data, not a plugin.
@@ -51,7 +67,8 @@ class Task:
         name: Task key, e.g. ``"toy_object"``.
         concept: Key of the concept to erase, e.g. ``"circle"``.
         concept_text: The words a method erases, e.g. ``"circle"`` or ``"Van Gogh"``.
-        kind: ``"object"``, ``"style"``, ``"nudity"``, ... (methods pick presets by it).
+        kind: ``"object"``, ``"style"``, ``"nudity"``, ``"unsafe"`` (an I2P harm category), ... (methods pick
+            presets by it, through :func:`by_kind`).
         concepts: Every concept of the task, key -> text; the others are the preserved ones.
         splits: Split name -> the images to generate for it.
         evaluators: Evaluator name -> its settings, run in this order.

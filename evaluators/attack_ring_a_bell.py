@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import torch
 from erasebench.evaluators._attack import SMOKE_JUDGE, AttackEvaluator, Judge, attack_items, image_cache_of, write_log
 
-from erasebench.api import RunContext, Score, Task
+from erasebench.api import RunContext, Score, Task, by_kind
 from erasebench.datafiles import resolve_data_path
 from erasebench.erasure import encode
 from erasebench.errors import ConfigError
@@ -131,7 +131,7 @@ class RingABell(AttackEvaluator):
         cache = image_cache_of(run)
         items = attack_items(task, c.prompt_file, c.max_prompts, run.data_path)
         judge = Judge(c.judge, c.judge_settings, task, run)
-        eta = float(c.eta) if c.eta is not None else ETA.get(task.kind, ETA["default"])
+        eta = float(c.eta) if c.eta is not None else by_kind(ETA, task.kind, ETA["default"])
         pairs = concept_pairs(task, c.pairs_file, c.max_pairs, run.data_path)
         self.resolved = {"eta_used": eta, "pairs_used": len(pairs), "judge": judge.settings()}
         pre = judge(run.generate(pipe, items))

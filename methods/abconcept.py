@@ -60,7 +60,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from erasebench.api import Method, PromptItem, RunContext, Task
+from erasebench.api import Method, PromptItem, RunContext, Task, by_kind
 from erasebench.erasure import Trainer, check_choice, detach_start_token, encode, select_parameters
 from erasebench.registry import register_method
 
@@ -74,8 +74,8 @@ DEFAULT_ANCHOR_PROMPTS = {
 }
 #: Paper settings per task kind: (parameter group, steps, base lr, prior preservation, hflip).
 PAPER = {"style": ("xattn_kv", 100, 2e-6, False, True), "object": ("xattn_kv", 100, 2e-6, False, True),
-         "nudity": ("attn", 400, 4e-6, True, True), "i2p": ("attn", 400, 4e-6, True, True)}
-DEFAULT_ANCHOR = {"style": "painting", "object": "object", "nudity": "a person", "i2p": "a person"}
+         "nudity": ("attn", 400, 4e-6, True, True), "unsafe": ("attn", 400, 4e-6, True, True)}
+DEFAULT_ANCHOR = {"style": "painting", "object": "object", "nudity": "a person", "unsafe": "a person"}
 
 
 def target_caption(anchor_caption: str, anchor: str, target: str, kind: str, rng: random.Random) -> str:
@@ -170,8 +170,8 @@ class AbConcept(Method):
     def resolve(self, task: Task) -> dict[str, Any]:
         """The settings this run uses, with ``auto``/0 replaced by the paper values for the task's kind."""
         c = self.config
-        group, steps, base_lr, prior, hflip = PAPER.get(task.kind, PAPER["object"])
-        anchor = c.anchor or task.anchor or DEFAULT_ANCHOR.get(task.kind, "object")
+        group, steps, base_lr, prior, hflip = by_kind(PAPER, task.kind, PAPER["object"])
+        anchor = c.anchor or task.anchor or by_kind(DEFAULT_ANCHOR, task.kind, "object")
         # README: objects whose name contains the anchor word ("grumpy cat" -> "cat") add prior preservation
         overlap = task.kind == "object" and anchor.lower() in task.concept_text.lower()
         prior = (prior or overlap) if c.prior_preservation == "auto" else c.prior_preservation == "on"
@@ -185,7 +185,7 @@ class AbConcept(Method):
     @torch.no_grad()
     def _anchor_latents(self, pipe: Any, task: Task, run: RunContext, anchor: str) -> tuple[torch.Tensor, list[str]]:
         templates = (list(self.config.anchor_prompts) or list(task.anchor_prompts)
-                     or DEFAULT_ANCHOR_PROMPTS.get(task.kind, DEFAULT_ANCHOR_PROMPTS["object"]))
+                     or by_kind(DEFAULT_ANCHOR_PROMPTS, task.kind, DEFAULT_ANCHOR_PROMPTS["object"]))
         captions = [templates[i % len(templates)].format(anchor=anchor) for i in range(self.config.num_anchor_images)]
         # Rendered by the original model through the shared cache, before any weight changes.
         images = run.generate(pipe, [PromptItem(p, seed=10_000 + i, label="anchor") for i, p in enumerate(captions)])

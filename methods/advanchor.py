@@ -80,7 +80,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from erasebench.api import Method, PromptItem, RunContext, Task
+from erasebench.api import Method, PromptItem, RunContext, Task, by_kind
 from erasebench.erasure import Shadow, Trainer, check_choice, concept_token_ids, encode, esd_timesteps
 from erasebench.erasure import select_parameters, text_states
 from erasebench.registry import register_method
@@ -247,7 +247,7 @@ class AdvAnchor(Method):
     def templates(self, task: Task) -> list[str]:
         """[concept prompt, generic prompt, anchor base prompt] templates for the task's kind (object if unknown)."""
         c = self.config
-        return list(c.templates.get(task.kind) or c.templates.get("object") or DEFAULT_TEMPLATES["object"])
+        return list(by_kind(c.templates, task.kind, None) or c.templates.get("object") or DEFAULT_TEMPLATES["object"])
 
     def prompts(self, task: Task) -> tuple[str, str, str, str]:
         """(concept, concept prompt, generic prompt, anchor base prompt) for the task's kind."""

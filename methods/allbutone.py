@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from erasebench.api import Method, PromptItem, RunContext, Task
+from erasebench.api import Method, PromptItem, RunContext, Task, by_kind
 from erasebench.erasure import (
     PARAMETER_GROUPS,
     Shadow,
@@ -149,8 +149,8 @@ class AllButOne(Method):
     def prompts(self, task: Task) -> tuple[str, str]:
         """(concept prompt, alternative prompt) for the task."""
         c = self.config
-        anchor = c.anchor or task.anchor or DEFAULT_ANCHOR.get(task.kind, "object")
-        tpl = c.templates.get(task.kind) or c.templates.get("object") or DEFAULT_TEMPLATES["object"]
+        anchor = c.anchor or task.anchor or by_kind(DEFAULT_ANCHOR, task.kind, "object")
+        tpl = by_kind(c.templates, task.kind, None) or c.templates.get("object") or DEFAULT_TEMPLATES["object"]
         return tpl[0].format(concept=task.concept_text, anchor=anchor), tpl[1].format(concept=task.concept_text,
                                                                                     anchor=anchor)
 

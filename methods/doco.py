@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from erasebench.api import Method, RunContext, Task
+from erasebench.api import Method, RunContext, Task, by_kind
 from erasebench.erasure import PARAMETER_GROUPS, Shadow, Trainer, check_choice, detach_start_token, encode
 from erasebench.erasure import select_parameters
 from erasebench.errors import ConfigError, ErasebenchError
@@ -223,7 +223,7 @@ class DoCo(Method):
         from diffusers import DDPMScheduler
 
         c = self.config
-        anchor = c.anchor or task.anchor or DEFAULT_ANCHOR.get(task.kind, "object")
+        anchor = c.anchor or task.anchor or by_kind(DEFAULT_ANCHOR, task.kind, "object")
         helper = AbConcept(AbConcept.Config(num_anchor_images=c.num_anchor_images,
                                             anchor_prompts=list(c.anchor_prompts)))
         latents, captions = helper._anchor_latents(pipe, task, run, anchor)

@@ -75,7 +75,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from erasebench.api import Method, RunContext, Task
+from erasebench.api import Method, RunContext, Task, by_kind
 from erasebench.closed_form import EditGroup, kv_edit, kv_layers, states_and_lengths
 from erasebench.erasure import Shadow, Trainer, check_choice, ddim_scheduler, encode, esd_timesteps
 from erasebench.erasure import partial_ddim_sample
@@ -242,7 +242,7 @@ class RealEra(Method):
                 return concept.replace(task.concept_text, text, 1)
             return text
 
-        anchor = self.config.anchor or (phrase(task.anchor) if task.anchor else DEFAULT_ANCHOR.get(task.kind, ""))
+        anchor = self.config.anchor or (phrase(task.anchor) if task.anchor else by_kind(DEFAULT_ANCHOR, task.kind, ""))
         others = [phrase(text) for key, text in task.concepts.items() if key != task.concept]
         others = [p for p in others if p not in (concept, anchor)]
         return concept, anchor, others + ([""] if self.config.preserve_uncond else [])

@@ -35,8 +35,12 @@ code's IndexError) at t_b ~ U[20 (49 - s_b), 20 (50 - s_b)), and eps_1 is the st
 ``attn1`` tensor and ``attn2.to_q`` (the stage-1 k/v stay); AdamW lr 1e-6, betas (0.9, 0.999), weight decay 0.01,
 3 epochs over 100 trajectories (20 concept pairs x 5 in the code) = 300 steps.
 
-Settings (the code defaults): stage 1 preserve_scale 0.01, lamb 0, token weights [0, 1, 0, 0], 15 templates per
-concept; stage 2 as above.
+Settings (the code defaults, ``*_sexual_default.yaml``): stage 1 preserve_scale 0.01, lamb 0, token weights
+[0, 1, 0, 0], 15 templates per concept; stage 2 as above. I2P harm categories (task kind ``unsafe``) take the
+code's unsafe preset (``*_unsafe_default.yaml``): preserve_scale 0.02, stage-2 template "an image depicting {}",
+and each category's safe phrase from its group in ``data/concepts/unsafe.json`` (hate "Inclusive and respectful",
+harassment "Supportive and respectful interactions", violence "Peaceful and calm", self-harm "Hope and support",
+sexual "a person wearing clothes"; shocking and illegal activity have no group there and take the task's anchor).
 
 Deviations from the reference code:
     - Prompt pairs come from the task, not from ``data/concepts/sexual.json`` (20 GPT-made synonyms of nudity,
@@ -45,11 +49,13 @@ Deviations from the reference code:
       the safe phrase (``safe_phrases[concept or kind]``, else the task's anchor). The templates are this
       file's own short phrasings (the reference's 15 augmentation templates come from MACE's non-commercial
       code), so there are 16 pairs instead of 20 x 15 = 300. Stage 2 uses ``stage2_templates[kind]`` ("a photo
-      of {concept}" as the code for nudity and objects; "a painting by {concept}" for styles, which the code does
-      not cover), cycled over ``num_trajectories`` trajectories; an empty list reuses the stage-1 pairs.
+      of {concept}" as the code for sexual concepts, "an image depicting {concept}" as for unsafe ones; objects
+      and styles, which the code does not cover, get "a photo of {concept}" / "a painting by {concept}"), cycled over ``num_trajectories`` trajectories; an empty list reuses the stage-1 pairs.
     - Preservation: the first ``preserve_prompts`` captions of the shipped COCO-10k list (``coco_10k.csv``, CC BY
       4.0), all 77 token states each, instead of the pre-cached COCO-30k sums; weighted p^2/M with M the number
-      used (the code divides by 3e4 for its 3e4 prompts). ``preserve_source=concepts`` uses the templates with the
+      used. The code divides the downloaded cache by 3e4; how many captions that cache holds is not documented
+      (MACE's ``cache_coco.py`` sums all ~617k COCO-2014 captions, which would make the code's term ~20x
+      stronger than p^2 / M); 3e4 is assumed here. ``preserve_source=concepts`` uses the templates with the
       task's other concepts instead (the toy world, whose word-level text encoder does not know COCO words). The
       sum of outer products is passed to the solver as its symmetric square root (same solve, D x D rows).
     - The first [EoT] is the real end-of-text position of the tokenised prompt (the code counts words,
@@ -57,6 +63,7 @@ Deviations from the reference code:
       uses the first BPE token of the concept text.
     - The DDIM chain is the harness's (SD's leading spacing with steps_offset 1: 981, 961, ...; the code's
       scheduler has offset 0: 980, 960, ...); t_b's interval is the same 1000 / ddim_steps wide bin.
+    - The unsafe preset erases ~60 harm terms of every category in one model; here one I2P category per run.
     - The reference never calls ``optimizer.zero_grad()``, so every step applies the running sum of all past
       gradients; ``zero_grad=false`` (default) reproduces this, ``true`` clears them each step.
     - Only the unconditional trajectories the schedule visits are generated (the code generates 2000 and visits
@@ -79,7 +86,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from erasebench.api import Method, RunContext, Task
+from erasebench.api import Method, RunContext, Task, by_kind
 from erasebench.closed_form import EditGroup, kv_layers, solve_edit
 from erasebench.datafiles import resolve_data_path
 from erasebench.erasure import Shadow, Trainer, check_choice, ddim_scheduler, encode
@@ -88,7 +95,13 @@ from erasebench.prompt_csv import read_prompt_csv
 from erasebench.registry import register_method
 
 #: Safe phrase per concept key or task kind, before the task's anchor (the code maps every sexual term to this).
-DEFAULT_SAFE = {"nudity": "a person wearing clothes"}
+#: The I2P categories take the phrase of their group in the code's ``data/concepts/unsafe.json`` (shocking and
+#: illegal activity have no group there: the task's anchor).
+DEFAULT_SAFE = {"nudity": "a person wearing clothes", "sexual": "a person wearing clothes",
+                "hate": "Inclusive and respectful", "harassment": "Supportive and respectful interactions",
+                "violence": "Peaceful and calm", "self_harm": "Hope and support"}
+#: Stage-1 preservation p per task kind (``stage1_{sexual,unsafe}_default.yaml``).
+PRESERVE_SCALE = {"nudity": 0.01, "unsafe": 0.02}
 #: Fallback safe phrase when the task has no anchor.
 FALLBACK_SAFE = {"style": "art", "object": "an object", "nudity": "a person wearing clothes"}
 #: Stage-1 prompt templates per kind (own phrasings in the spirit of the reference's 15 augmentations).
@@ -111,7 +124,7 @@ DEFAULT_TEMPLATES = {
 }
 #: Stage-2 trajectory templates per kind (the code: "a photo of {}" for sexual terms).
 DEFAULT_STAGE2_TEMPLATES = {"object": ["a photo of {concept}"], "style": ["a painting by {concept}"],
-                            "nudity": ["a photo of {concept}"]}
+                            "nudity": ["a photo of {concept}"], "unsafe": ["an image depicting {concept}"]}
 #: ``safe_phrases`` value that drops the concept words instead of replacing them.
 REMOVE = "<remove>"
 TOKEN_KINDS = ("sot", "first_eot", "last_eot", "keyword")
@@ -185,8 +198,9 @@ class TRCE(Method):
             safe_phrases: Concept key or task kind (looked up in this order) -> safe phrase (``{anchor}`` is
                 filled in; ``<remove>`` drops the concept words); otherwise the task's anchor. The code maps every
                 sexual term to "a person wearing clothes" and each other unsafe concept to its own phrase
-                (``data/concepts/unsafe.json``): set ``safe_phrases.<concept>`` for I2P categories.
-            preserve_scale: Stage-1 preservation p (applied squared, as the code).
+                (``data/concepts/unsafe.json``; the I2P categories' defaults are their groups' phrases).
+            preserve_scale: Stage-1 preservation p (applied squared, as the code); ``null``: the code's preset
+                for the task's kind (0.01, 0.02 for unsafe).
             lamb: Stage-1 lambda (weight regulariser; 0 in the code).
             token_weights: Stage-1 weights of [SoT, first EoT, last EoT, concept token].
             preserve_source: ``coco`` (shipped COCO-10k captions) or ``concepts`` (templates with the task's other
@@ -207,7 +221,7 @@ class TRCE(Method):
         templates: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in
                                                                          DEFAULT_TEMPLATES.items()})
         safe_phrases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SAFE))
-        preserve_scale: float = 0.01
+        preserve_scale: float | None = None
         lamb: float = 0.0
         token_weights: list[float] = field(default_factory=lambda: [0.0, 1.0, 0.0, 0.0])
         preserve_source: str = "coco"
@@ -244,12 +258,12 @@ class TRCE(Method):
     def safe_phrase(self, task: Task) -> str:
         """The phrase that replaces the concept in safe prompts ("" drops it)."""
         table = self.config.safe_phrases
-        phrase = (table.get(task.concept) or table.get(task.kind) or task.anchor
-                  or FALLBACK_SAFE.get(task.kind, "an object"))
+        phrase = (table.get(task.concept) or by_kind(table, task.kind, "") or task.anchor
+                  or by_kind(FALLBACK_SAFE, task.kind, "an object"))
         return "" if phrase == REMOVE else phrase.format(anchor=task.anchor)
 
     def _templates(self, table: dict[str, list[str]], task: Task) -> list[str]:
-        return list(table.get(task.kind, table.get("object", [])))
+        return list(by_kind(table, task.kind, table.get("object", [])))
 
     def prompt_pairs(self, task: Task) -> list[tuple[str, str]]:
         """Stage-1 (malicious, safe) pairs: the task's erase phrase, then every template with the concept."""
@@ -318,7 +332,8 @@ class TRCE(Method):
             scale = torch.tensor(bases).sqrt()[:, None]  # per-row weight base, folded into the states
             groups.append(EditGroup(torch.stack(ins) * scale, torch.stack(outs) * scale, w / len(pairs)))
         texts = self.preserve_texts(task, data_path)
-        if c.preserve_scale > 0 and texts:
+        p = c.preserve_scale if c.preserve_scale is not None else by_kind(PRESERVE_SCALE, task.kind, 0.01)
+        if p > 0 and texts:
             dim = st_m.shape[-1]
             gram = torch.zeros(dim, dim, dtype=torch.float64)
             for k in range(0, len(texts), 256):
@@ -326,7 +341,7 @@ class TRCE(Method):
                 gram += states.T @ states
             evals, evecs = torch.linalg.eigh(gram)
             root = (evecs * evals.clamp(min=0).sqrt()).T  # root^T root = gram
-            groups.append(EditGroup(root, None, c.preserve_scale ** 2 / len(texts)))
+            groups.append(EditGroup(root, None, p ** 2 / len(texts)))
         return groups
 
     @torch.no_grad()

@@ -463,3 +463,40 @@ def test_advanchor_mean_product_is_the_codes_loss() -> None:
     loss = loss_sum / (cu_len + 1)
     assert similarity(e_a, e_c, "mean_product").item() == pytest.approx(loss.item(), rel=1e-6)
 
+
+
+# --- I2P harm categories: kind "unsafe", each method's unsafe settings where its reference has them ---
+
+def _i2p(concept: str) -> Any:
+    from conftest import compose_cfg
+
+    from erasebench.configs import build_task
+
+    return build_task(compose_cfg(["task=i2p"])["task"], concept, limit=2)
+
+
+def test_i2p_categories_get_the_references_unsafe_settings() -> None:
+    from erasebench.api import by_kind
+    from erasebench.methods.abconcept import AbConcept
+    from erasebench.methods.rece import RECE, epoch_retain
+    from erasebench.methods.trce import PRESERVE_SCALE, TRCE
+
+    task = _i2p("violence")
+    assert task.kind == "unsafe"
+    assert RECE(RECE.Config()).kind_defaults(task.kind) == (0.1, 2)          # RECE README: unsafe 0.1, 2 epochs
+    assert epoch_retain(task.kind, 2, []) == [" ", " "]                     # train.py handles unsafe too
+    trce = TRCE(TRCE.Config())
+    assert trce.safe_phrase(task) == "Peaceful and calm"                    # data/concepts/unsafe.json, violence
+    assert trce.safe_phrase(_i2p("self_harm")) == "Hope and support"
+    assert trce.stage2_pairs(task)[0][0] == "an image depicting violence"   # stage2_data_preparation.py ~142
+    assert by_kind(PRESERVE_SCALE, task.kind, 0.01) == 0.02                 # stage1_unsafe_default.yaml
+    r = AbConcept(AbConcept.Config()).resolve(task)                         # README inappropriate_content command
+    assert (r["parameter_group"], r["steps"], r["prior"], r["hflip"]) == ("attn", 400, True, True)
+
+
+def test_by_kind_falls_back_from_unsafe_to_nudity_only() -> None:
+    from erasebench.api import by_kind
+
+    assert by_kind({"nudity": 1, "style": 2}, "unsafe", 0) == 1
+    assert by_kind({"nudity": 1, "unsafe": 3}, "unsafe", 0) == 3
+    assert by_kind({"nudity": 1}, "object", 0) == 0
