@@ -41,7 +41,8 @@ Edit (``edit_steps`` = 50 Adam steps, lr 1e-5, per round; a_i* fixed, f0_i = the
     token and position embeddings frozen). The edit itself never runs the UNet.
 
 The related / unrelated concept lists come from ``erasebench/data/sgrace/concepts.yaml`` (written by hand for
-erasebench; the reference asks GPT-4 at run time for 50 + 50 keywords) or, with ``concept_lists: task``, from
+erasebench; the reference ships cached GPT-4 answers, ``prompts/<concept>_gpt-4_related_50_unrelated_50.txt``, with
+no license, and asks GPT-4 only for a concept without one) or, with ``concept_lists: task``, from
 the task: related = the erase split's prompts, unrelated = the preserve split's prompts (the evaluation
 prompts: scores are then measured on trained prompts).
 
@@ -53,7 +54,14 @@ tensors; UNet and VAE are untouched).
 
 Deviations and choices:
     - Concept lists: shipped hand-written lists (25 related + 20 unrelated per real concept, 12 + 16 per toy
-      concept) instead of a GPT-4 call (50 + 50); ``anchor_count`` is capped at the number of unrelated ones.
+      concept) instead of the reference's GPT-4 files (about 50 + 50, with repeats: its related list holds the
+      concept twice, since the file's first line repeats it); lists here have no repeats; ``anchor_count`` is
+      capped at the number of unrelated ones.
+    - Settings: the defaults are ``configs/nudity.yml`` for every task; the reference's per-concept configs
+      differ (``conf/method/sgrace.yaml`` lists them) and six of them lack ``anchor_nums``, so they do not run
+      as shipped.
+    - With ``attack_projection: true`` the [min, max] range is the token embeddings' (the reference's is that of
+      token + position).
     - PGD projection: the reference's projection assigns to a loop variable (and swaps min and max), so it never
       acts; the default (``attack_projection: false``) reproduces that. ``true`` clamps each embedding to an
       L_inf ball of 4 * lr around its initial value and to the initial value's [min, max] range.
