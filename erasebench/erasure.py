@@ -95,7 +95,6 @@ class Shadow:
             p.data = self.values[n].to(dtype=p.dtype).clone()
 
 
-@torch.no_grad()
 @contextlib.contextmanager
 def detach_start_token(unet: torch.nn.Module, enabled: bool = True) -> Iterator[None]:
     """Stop the gradient through the start-of-text token's cross-attention key and value.
@@ -117,6 +116,7 @@ def detach_start_token(unet: torch.nn.Module, enabled: bool = True) -> Iterator[
             h.remove()
 
 
+@torch.no_grad()
 def encode(pipe: Any, prompts: Sequence[str]) -> torch.Tensor:
     """CLIP ``last_hidden_state`` of ``prompts``, padded to the tokenizer's max length as in SD."""
     tok = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,

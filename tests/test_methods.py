@@ -125,3 +125,11 @@ def test_trainer_divergence_check_measures_against_loss_scale(tiny_pipe: Any) ->
     assert scaled.step(tiny(0.5)) == pytest.approx(0.5)
     with pytest.raises(ErasebenchError, match="diverged"):
         scaled.step(tiny(2e4))  # past 1e4 x the scale
+
+
+def test_encode_builds_no_graph_through_a_trainable_text_encoder(tiny_pipe: Any) -> None:
+    from erasebench.erasure import encode
+
+    tiny_pipe.text_encoder.requires_grad_(True)   # methods that train it (AdvUnlearn, S-GRACE) leave it so
+    emb = encode(tiny_pipe, ["a cat"])
+    assert not emb.requires_grad and emb.grad_fn is None
