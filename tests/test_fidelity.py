@@ -136,12 +136,12 @@ def test_rece_epochs_preserve_what_the_reference_script_preserves(tiny_pipe: Any
     import dataclasses
 
     from conftest import compose_cfg
+    from erasebench.methods.rece import RECE, rece_epoch
+    from erasebench.methods.uce import prompts_for, uce_edit
 
     from erasebench.api import RunContext
     from erasebench.closed_form import kv_layers
     from erasebench.configs import build_task
-    from erasebench.methods.rece import RECE, rece_epoch
-    from erasebench.methods.uce import prompts_for, uce_edit
 
     task = dataclasses.replace(build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2), kind=kind)
     method = RECE(RECE.Config(prompt="a cat; a dog", epochs=1, regular_scale=0.1, preserve="none"))
@@ -286,9 +286,9 @@ def test_abconcept_recipe_per_kind_is_the_readme_command(kind: str, concept: str
     import dataclasses
 
     from conftest import compose_cfg
+    from erasebench.methods.abconcept import AbConcept
 
     from erasebench.configs import build_task
-    from erasebench.methods.abconcept import AbConcept
 
     task = dataclasses.replace(build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2), kind=kind,
                                concept_text=concept, anchor=anchor)
@@ -304,9 +304,9 @@ def test_doco_discriminator_lr_is_the_readme_commands(kind: str, dlr: float, tin
     import dataclasses
 
     from conftest import cached_run_context, compose_cfg
+    from erasebench.methods.doco import DoCo
 
     from erasebench.configs import build_task
-    from erasebench.methods.doco import DoCo
 
     task = dataclasses.replace(build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2), kind=kind)
     method = DoCo(DoCo.Config(steps=1, warm_up=1, num_anchor_images=2, batch_size=1))  # discriminator only
@@ -345,9 +345,9 @@ def test_advunlearn_attack_returns_the_embedding_built_before_its_last_update(ti
 def test_advunlearn_retain_batches_are_always_full(tiny_pipe: Any, tmp_path: Any,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import cached_run_context, compose_cfg
+    from erasebench.methods import advunlearn
 
     from erasebench.configs import build_config, build_task
-    from erasebench.methods import advunlearn
 
     seen: list[list[int]] = []
     real = advunlearn.retain_loss
@@ -389,7 +389,7 @@ def _param_choices(names: list[str], train_method: str, component: str, final_la
             if name.startswith("final_layer_norm"):
                 if component == "all" or final_layer_norm:
                     out.append(name)
-            elif name.startswith("encoder"):
+            elif name.startswith("encoder"):  # noqa: SIM102 (written as the reference)
                 if (component == "ffn" and "mlp" in name) or (component == "attn" and "self_attn" in name) \
                         or component == "all":
                     out.append(name)
@@ -427,9 +427,9 @@ def test_sgrace_prompts_not_redrawn_attack_on_from_their_attacked_value(tiny_pip
     # is already on the device), so the attack's in-place Adam steps overwrite the stored initial embedding: a
     # prompt kept for the next round starts from its attacked value.
     from conftest import cached_run_context, compose_cfg
+    from erasebench.methods import sgrace
 
     from erasebench.configs import build_config, build_task
-    from erasebench.methods import sgrace
 
     rounds: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
     real = sgrace.pgd_attack
@@ -476,10 +476,11 @@ def _i2p(concept: str) -> Any:
 
 
 def test_i2p_categories_get_the_references_unsafe_settings() -> None:
-    from erasebench.api import by_kind
     from erasebench.methods.abconcept import AbConcept
     from erasebench.methods.rece import RECE, epoch_retain
     from erasebench.methods.trce import PRESERVE_SCALE, TRCE
+
+    from erasebench.api import by_kind
 
     task = _i2p("violence")
     assert task.kind == "unsafe"
