@@ -52,7 +52,13 @@ Deviations:
     - In the reference the generator's adversarial loss also back-propagates into the discriminator and
       those gradients are added to L_D's (no ``zero_grad`` in between); here the discriminator steps on L_D
       alone, the standard GAN update.
-    - No random-resize augmentation (the ``--noaug`` mask is unused by the reference's DoCo loss anyway).
+    - No random-resize augmentation (the ``--noaug`` mask is unused by the reference's DoCo loss anyway); the
+      README's object and nudity commands also rescale or pad the images and prefix the target captions.
+    - Anchors are the task's ("a person" for nudity, "canopy" for parachute); the README's nudity command uses
+      "clothed" (and builds its target captions by replacing it with "nudity"), its parachute command "airplane".
+    - One VAE posterior sample per anchor image, drawn once, flips on the latents, batches drawn with
+      replacement (as AbConcept here); x0 is computed for epsilon-predicting models; the discriminator runs
+      under autocast on GPU.
     - ``adv_weight`` scales L_adv (1 in the reference); constant learning rates (the reference's default).
 
 Toy world (conf/preset/toy_doco*.yaml): with the paper's 1-block-at-8x8 PatchGAN the discriminator stays
@@ -157,6 +163,15 @@ def adjust_gradient(grads: Sequence[torch.Tensor], preserve: Sequence[torch.Tens
     return out
 
 
+def doco_caption(anchor_caption: str, anchor: str, target: str, kind: str, rng: random.Random) -> str:
+    """The target caption as DoCo's ``utils.py`` (~244-268) builds it: styles and objects as AbConcept's;
+    nudity and other harms "{c*}, {p}" 1 time in 3, "in {c*}'s style, {p}" 2 times in 3."""
+    if kind in ("style", "object"):
+        return target_caption(anchor_caption, anchor, target, kind, rng)
+    prefix = f"in {target}'s style, {anchor_caption}"
+    return rng.choice([f"{target}, {anchor_caption}", prefix, prefix])
+
+
 @register_method("doco")
 class DoCo(Method):
     """Align the target prompt's output domain with the anchor's adversarially, with gradient surgery."""
@@ -259,7 +274,7 @@ class DoCo(Method):
             train_g = step > c.warm_up
             idx = [rng.randrange(len(captions)) for _ in range(c.batch_size)]
             p_anchor = [captions[i] for i in idx]
-            p_target = [target_caption(p, anchor, task.concept_text, task.kind, rng) for p in p_anchor]
+            p_target = [doco_caption(p, anchor, task.concept_text, task.kind, rng) for p in p_anchor]
             x_t, _, t = noisy(idx)
             log: dict[str, float] = {}
             with trainer.autocast, detach_start_token(unet, c.detach_start_token):

@@ -501,3 +501,16 @@ def test_by_kind_falls_back_from_unsafe_to_nudity_only() -> None:
     assert by_kind({"nudity": 1, "style": 2}, "unsafe", 0) == 1
     assert by_kind({"nudity": 1, "unsafe": 3}, "unsafe", 0) == 3
     assert by_kind({"nudity": 1}, "object", 0) == 0
+
+
+def test_doco_nudity_captions_draw_the_prefix_form_two_times_in_three() -> None:
+    import random
+
+    from erasebench.methods.doco import doco_caption
+
+    rng = random.Random(0)   # DoCo utils.py ~244-268: r in {0, 1, 2}; r == 0 -> "{t}, {p}", else "in {t}'s style, {p}"
+    drawn = [doco_caption("a man", "a person", "nudity", "nudity", rng) for _ in range(3000)]
+    assert set(drawn) == {"nudity, a man", "in nudity's style, a man"}
+    assert 0.30 < drawn.count("nudity, a man") / len(drawn) < 0.37
+    assert doco_caption("a painting", "painting", "X", "style", rng) in {"a painting, in the style of X",
+                                                                        "in X's style, a painting"}
