@@ -38,12 +38,13 @@ README settings (the defaults; the authors' README commands are the only primary
 cross-attention k/v (``xattn_kv``), AdamW lr 4.8e-5 (6e-6 x batch 8 with ``--scale_lr``; weight decay 1e-2),
 batch 8 (+8 prior images), gradient norm clip 1, discriminator lr 5e-4 for styles and 1e-4 for objects and
 nudity (``disc_lr: 0``), 2000 iterations, the UNet training in those after iteration 1000 (``global_step >
-warm_up``), lambda 1, prior preservation on, 200 anchor images (the argparse default is 1000), horizontal flips,
+warm_up``), lambda 1, prior preservation on, 1000 anchor images from 200 captions (``--num_class_images``),
+horizontal flips,
 and CustomDiffusion's attention processor (no gradient through the start token's cross-attention key/value,
 ``detach_start_token``).
 
 Deviations:
-    - Anchor captions and images as AbConcept's here (task captions, the harness sampler, 200 cached images)
+    - Anchor captions and images as AbConcept's here (task captions, the harness sampler, cached images)
       instead of LAION-retrieved/LLM captions rendered with DPM-Solver 25 steps, CFG 6.
     - The discriminator has ``disc_blocks`` stride-2 blocks (64, 128, 256, 512 channels); the reference's four
       need a >= 32x32 latent, so ``0`` (auto) takes the most blocks (<= 4) that leave a >= 4x4 map before the
@@ -219,7 +220,7 @@ class DoCo(Method):
         surgery_lambda: float = 1.0
         adv_weight: float = 1.0
         prior_loss_weight: float = 1.0
-        num_anchor_images: int = 200
+        num_anchor_images: int = 1000
         hflip: bool = True
         weight_decay: float = 1e-2
         clip_grad: float = 1.0
