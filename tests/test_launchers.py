@@ -20,6 +20,7 @@ def _rows(root: Path) -> pd.DataFrame:
     return df[KEY + ["value", "n", "config_hash"] + SETTINGS].sort_values(KEY).reset_index(drop=True)
 
 
+@pytest.mark.slow  # 44 s: moved out of the default run to keep CI under 15 min (issue 19 added tests)
 def test_submitit_local_sweep_matches_the_sequential_sweep(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     env = {"OMP_NUM_THREADS": "1"}  # four jobs at once on a small CPU
