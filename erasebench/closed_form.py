@@ -14,8 +14,9 @@ its groups and :func:`kv_edit` does the rest:
 - a *preserve* group keeps the original outputs (v* = W_old c_j): ``EditGroup(inputs=c_keep, scale=s_p)``.
 
 Targets are given in the text-state space and mapped through each layer's weight as it is before this solve
-(the original model's for UCE; the current, already edited one for a RECE epoch), as the reference codes do. The solve runs in float64 (the 768 x 768 system of SD is ill-conditioned when lambda is
-small) and the result is cast back to the layer's dtype; no optimiser is involved.
+(the original model's for UCE; the current, already edited one for a RECE epoch), as the reference codes do.
+The solve runs in float64 (the 768 x 768 system of SD is ill-conditioned when lambda is small) and the result
+is cast back to the layer's dtype; no optimiser is involved.
 """
 
 from __future__ import annotations

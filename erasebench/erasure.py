@@ -179,7 +179,7 @@ def partial_ddim_sample(unet: Any, sched: Any, latent: torch.Tensor, cond: torch
     for t in timesteps[steps]:
         eps_u, eps_c = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
         x = sched.step(eps_u + guidance * (eps_c - eps_u), t, x, eta=0.0).prev_sample
-    stop = len(timesteps) if steps.stop is None else steps.stop
+    stop = steps.indices(len(timesteps))[1]
     nxt = int(timesteps[stop]) if stop < len(timesteps) else 0
     return x, nxt
 

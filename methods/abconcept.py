@@ -101,7 +101,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     channels, divided by the one-channel mask's sum; then the batch mean (train.py ~1135). With 4 latent
     channels that is 4x the per-element mean, which sets the instance term's weight against the prior term's."""
     sq = (pred.float() - target.float()) ** 2 * mask
-    return (sq.sum([1, 2, 3]) / mask.expand(len(sq), 1, *mask.shape[2:]).sum([1, 2, 3])).mean()
+    return (sq.sum([1, 2, 3]) / mask.sum([1, 2, 3])).mean()
 
 
 def abconcept_loss(unet: Any, x_t: torch.Tensor, t: torch.Tensor, emb_target: torch.Tensor, emb_anchor: torch.Tensor,
