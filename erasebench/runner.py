@@ -98,6 +98,7 @@ def run_job(cfg: Mapping[str, Any], run_dir: Path) -> Outcome:
             log.info("skip: %s is done (config %s)", run_dir, job.config_hash)
             return Outcome("skipped", run_dir, metrics_path)
         write_status(run_dir, "running", config_hash=job.config_hash)
+        (run_dir / "traceback.txt").unlink(missing_ok=True)  # an earlier attempt's, which no longer applies
         try:
             _execute(job, run_dir, reads)
         except BaseException as exc:

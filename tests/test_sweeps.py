@@ -90,6 +90,20 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None
     assert "Runs without results" in (tmp_path / "runs/adhoc/report/index.html").read_text()
 
 
+def test_a_rerun_that_succeeds_drops_the_failed_attempts_traceback(tmp_path: Path) -> None:
+    _broken_plugin(tmp_path / "site")
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    assert run_cli(["-m", "method=broken", *ONE], tmp_path, env=env).returncode != 0
+    [run_dir] = {p.parent for p in (tmp_path / "runs").rglob("status.json")}
+    assert (run_dir / "traceback.txt").exists()
+    (tmp_path / "site/broken_erasure.py").write_text(  # the user fixes the plugin and runs again
+        "from erasebench.methods.none import NoErasure\n\n\nclass Broken(NoErasure):\n    pass\n")
+    proc = run_cli(["-m", "method=broken", *ONE], tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "done"
+    assert not (run_dir / "traceback.txt").exists()  # a stale traceback beside a done run misleads
+
+
 def test_two_sweeps_at_once_run_each_job_once(tmp_path: Path) -> None:
     args = [sys.executable, "-m", "erasebench.cli", "-m", "model=tiny", "task=smoke", "method=dummy",
             "method.sleep_s=3", "seed=0,1", *ONE, f"paths.results_dir={tmp_path / 'runs'}",
