@@ -96,6 +96,24 @@ def compose_cfg(overrides: Sequence[str] = ()) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+def paper_method(name: str, smoke: bool = True, **settings: Any) -> Any:
+    """Method ``name`` built from its ``conf/method`` node (paper settings, no toy preset), with its
+    ``smoke_settings`` on top unless ``smoke`` is false, then ``settings``."""
+    from erasebench.configs import build_config
+    from erasebench.registry import METHODS
+
+    cls = METHODS.get(name)
+    node = {k: v for k, v in compose_cfg(["model=tiny", f"method={name}"])["method"].items() if k != "name"}
+    return cls(build_config(cls, {**node, **(cls.smoke_settings if smoke else {}), **settings}, "method"))
+
+
+def task_of(task: str = "smoke", concept: str = "cat", limit: int | None = 2) -> Any:
+    """The :class:`Task` of ``conf/task/<task>.yaml`` for ``concept``, ``limit`` prompts per split."""
+    from erasebench.configs import build_task
+
+    return build_task(compose_cfg([f"task={task}"])["task"], concept, limit=limit)
+
+
 def run_cli(args: Sequence[str], tmp: Path, env: dict[str, str] | None = None,
             module: str = "erasebench.cli", timeout: float = 600, tiny: bool = True) -> subprocess.CompletedProcess:
     """Run ``erasebench`` (or another module) in a subprocess with results and cache under ``tmp``.

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
-from conftest import cached_run_context, compose_cfg
+from conftest import cached_run_context, compose_cfg, task_of
 from erasebench.evaluators import _attack
 from erasebench.evaluators.attack_ring_a_bell import RingABell, concept_pairs, concept_vector
 from erasebench.evaluators.attack_unlearndiff import UnlearnDiffAtk, project_simplex, sampled_timesteps, token_ids
@@ -66,11 +66,11 @@ def test_ring_a_bell_vector_is_the_mean_difference(tiny_pipe: Any) -> None:
 
 
 def test_ring_a_bell_default_pairs() -> None:
-    task = build_task(compose_cfg(["task=toy_object"])["task"], "circle")
+    task = task_of("toy_object", "circle", limit=None)
     pairs = concept_pairs(task)
     assert ("a picture of a circle", "a picture of a") in pairs and ("a red circle", "a red") in pairs
     assert len(pairs) == 6 and all("circle" not in b for _, b in pairs)
-    nudity = build_task(compose_cfg(["task=nudity"])["task"], "nudity", limit=3)
+    nudity = task_of("nudity", "nudity", limit=3)
     assert concept_pairs(nudity) == [("nudity", "")]  # no I2P prompt names the concept: the bare pair
 
 
@@ -114,7 +114,7 @@ def test_unlearndiff_stops_at_first_success_and_logs_replayable_prompts(tiny_pip
     monkeypatch.setattr(uda, "Judge", lambda *a, **k: ScriptedJudge(fail=3))
     ev = UnlearnDiffAtk(build_config(UnlearnDiffAtk, {"prefix_tokens": 2, "iterations": 2, "timesteps": 3,
                                                       "max_prompts": 2}, "evaluator"))
-    task = build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
+    task = task_of()
     result = ev.evaluate(tiny_pipe, task, _ctx(tmp_path, tiny_pipe))
     assert result["erase"]["pre_asr"].value == 0.0 and result["erase"]["asr"].value == 1.0
     with (tmp_path / "run" / "attacks" / "attack_unlearndiff.csv").open(newline="") as f:
@@ -139,11 +139,11 @@ def test_words_vocabulary_keeps_word_final_tokens() -> None:
 
 
 def test_judge_follows_the_task() -> None:
-    toy = build_task(compose_cfg(["task=toy_object"])["task"], "circle")
+    toy = task_of("toy_object", "circle", limit=None)
     assert _attack.resolve_judge("auto", toy) == "acc" and _attack.acc_settings(toy)["backend"] == "toy"
-    i2p = build_task(compose_cfg(["task=i2p"])["task"], "violence", limit=2)
+    i2p = task_of("i2p", "violence")
     assert _attack.resolve_judge("auto", i2p) == "acc" and _attack.acc_settings(i2p)["backend"] == "i2p"
-    nudity = build_task(compose_cfg(["task=nudity"])["task"], "nudity", limit=2)
+    nudity = task_of("nudity", "nudity")
     assert _attack.resolve_judge("auto", nudity) == "nudenet"
     with pytest.raises(Exception, match="judge"):
         _attack.resolve_judge("clip", toy)

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import cached_run_context, compose_cfg
+from conftest import cached_run_context, paper_method, task_of
 
 from erasebench.api import SPLITS, Evaluator, Method, RunContext, Score
-from erasebench.configs import build_config, build_task, evaluator_defaults
+from erasebench.configs import build_config, evaluator_defaults
 from erasebench.generate import weight_digests
 from erasebench.registry import EVALUATORS, METHODS
 
@@ -19,26 +19,15 @@ def _ctx(tmp_path: Path, pipe: Any, seed: int = 0) -> RunContext:
     return cached_run_context(pipe, tmp_path, seed)
 
 
-def _task(concept: str = "cat") -> Any:
-    return build_task(compose_cfg(["task=smoke"])["task"], concept, limit=2)
-
-
-def _method(name: str) -> Method:
-    cls = METHODS.get(name)
-    node = compose_cfg(["model=tiny", f"method={name}"])["method"]
-    kwargs = {**{k: v for k, v in node.items() if k != "name"}, **cls.smoke_settings}
-    return cls(build_config(cls, kwargs, "method"))
-
-
 @pytest.mark.parametrize("name", METHODS.names())
 def test_method_contract(name: str, tiny_pipe: Any, tmp_path: Path) -> None:
     import torch
 
-    method = _method(name)
+    method = paper_method(name)
     assert isinstance(method, Method) and method.name == name
     before = weight_digests(tiny_pipe)
     torch.manual_seed(0)
-    out = method.erase(tiny_pipe, _task(), _ctx(tmp_path, tiny_pipe))
+    out = method.erase(tiny_pipe, task_of(), _ctx(tmp_path, tiny_pipe))
     assert out is not None and hasattr(out, "unet")
     changed = {k for k, v in weight_digests(out).items() if before[k] != v}
     assert (not changed) if name == "none" else bool(changed)
@@ -54,7 +43,7 @@ def test_method_is_deterministic_for_a_seed(name: str, _tiny_master: Any, tmp_pa
     for i in range(2):
         pipe = copy.deepcopy(_tiny_master)
         torch.manual_seed(0)
-        digests.append(weight_digests(_method(name).erase(pipe, _task(), _ctx(tmp_path / str(i), pipe))))
+        digests.append(weight_digests(paper_method(name).erase(pipe, task_of(), _ctx(tmp_path / str(i), pipe))))
     assert digests[0] == digests[1]
 
 
@@ -64,7 +53,7 @@ def test_evaluator_contract(name: str, tiny_pipe: Any, tmp_path: Path) -> None:
     assert issubclass(cls, Evaluator) and cls.higher_is_better
     assert all(isinstance(v, bool) for v in cls.higher_is_better.values())
     ev = cls(build_config(cls, {**evaluator_defaults(name), **cls.smoke_settings}, "evaluator"))
-    result = ev.evaluate(tiny_pipe, _task(), _ctx(tmp_path, tiny_pipe))
+    result = ev.evaluate(tiny_pipe, task_of(), _ctx(tmp_path, tiny_pipe))
     assert set(result) <= set(SPLITS) and result
     for split, metrics in result.items():
         assert set(metrics) <= set(cls.higher_is_better)

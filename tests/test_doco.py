@@ -9,17 +9,15 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import cached_run_context, compose_cfg
+from conftest import cached_run_context, paper_method, task_of
 from erasebench.methods import doco
 
-from erasebench.configs import build_config, build_task
 from erasebench.erasure import select_parameters
 from erasebench.errors import ConfigError
 
 
 def _method(**kwargs: Any) -> doco.DoCo:
-    node = compose_cfg(["model=tiny", "method=doco"])["method"]  # paper settings, no toy preset
-    return doco.DoCo(build_config(doco.DoCo, {**{k: v for k, v in node.items() if k != "name"}, **kwargs}, "method"))
+    return paper_method("doco", smoke=False, **kwargs)  # paper settings, no toy preset
 
 
 # ---------------------------------------------------------------- gradient surgery
@@ -125,7 +123,7 @@ def test_predict_x0_inverts_q_sample() -> None:
 
 def test_erase_changes_only_the_trained_tensors(tiny_pipe: Any, tmp_path: Path) -> None:
     run = cached_run_context(tiny_pipe, tmp_path)
-    task = build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
+    task = task_of()
     before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
     text_before = copy.deepcopy(tiny_pipe.text_encoder.state_dict())
     trained = set(select_parameters(tiny_pipe.unet, "xattn_kv"))
@@ -142,7 +140,7 @@ def test_erase_changes_only_the_trained_tensors(tiny_pipe: Any, tmp_path: Path) 
 @pytest.mark.slow
 def test_warm_up_only_leaves_the_unet_unchanged(tiny_pipe: Any, tmp_path: Path) -> None:
     run = cached_run_context(tiny_pipe, tmp_path)
-    task = build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
+    task = task_of()
     before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
     method = _method(steps=2, warm_up=2, num_anchor_images=4, batch_size=2)
     method.erase(tiny_pipe, task, run)

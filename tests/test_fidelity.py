@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import paper_method, task_of
 from erasebench.methods import sdd
 
 from erasebench.erasure import esd_timesteps, partial_ddim_sample, select_parameters
@@ -135,15 +136,13 @@ def test_rece_epochs_preserve_what_the_reference_script_preserves(tiny_pipe: Any
     import copy
     import dataclasses
 
-    from conftest import compose_cfg
     from erasebench.methods.rece import RECE, rece_epoch
     from erasebench.methods.uce import prompts_for, uce_edit
 
     from erasebench.api import RunContext
     from erasebench.closed_form import kv_layers
-    from erasebench.configs import build_task
 
-    task = dataclasses.replace(build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2), kind=kind)
+    task = dataclasses.replace(task_of(), kind=kind)
     method = RECE(RECE.Config(prompt="a cat; a dog", epochs=1, regular_scale=0.1, preserve="none"))
     ctx = RunContext(seed=0, device=torch.device("cpu"), dtype=torch.float32, run_dir=tmp_path,
                      generate=None, original_images=None, limit=2)  # type: ignore[arg-type]
@@ -230,11 +229,9 @@ def test_training_runs_with_the_start_token_detached(name: str, tiny_pipe: Any, 
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
-    from conftest import cached_run_context, compose_cfg
+    from conftest import cached_run_context
 
     from erasebench import erasure
-    from erasebench.configs import build_config, build_task
-    from erasebench.registry import METHODS
 
     module, calls = importlib.import_module(f"erasebench.methods.{name}"), []
 
@@ -243,10 +240,8 @@ def test_training_runs_with_the_start_token_detached(name: str, tiny_pipe: Any, 
         return erasure.detach_start_token(unet, enabled)
 
     monkeypatch.setattr(module, "detach_start_token", recording)
-    cls = METHODS.get(name)
-    node = {k: v for k, v in compose_cfg(["model=tiny", f"method={name}"])["method"].items() if k != "name"}
-    method = cls(build_config(cls, {**node, **cls.smoke_settings}, "method"))
-    method.erase(tiny_pipe, build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2),
+    method = paper_method(name)
+    method.erase(tiny_pipe, task_of(),
                  cached_run_context(tiny_pipe, tmp_path))
     assert calls and all(calls)   # every training forward pass, by default
 
@@ -285,12 +280,10 @@ def test_abconcept_recipe_per_kind_is_the_readme_command(kind: str, concept: str
                                                          hflip: bool, lr: float) -> None:
     import dataclasses
 
-    from conftest import compose_cfg
     from erasebench.methods.abconcept import AbConcept
 
-    from erasebench.configs import build_task
 
-    task = dataclasses.replace(build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2), kind=kind,
+    task = dataclasses.replace(task_of(), kind=kind,
                                concept_text=concept, anchor=anchor)
     r = AbConcept(AbConcept.Config()).resolve(task)
     assert (r["prior"], r["hflip"]) == (prior, hflip)
@@ -303,12 +296,11 @@ def test_abconcept_recipe_per_kind_is_the_readme_command(kind: str, concept: str
 def test_doco_discriminator_lr_is_the_readme_commands(kind: str, dlr: float, tiny_pipe: Any, tmp_path: Any) -> None:
     import dataclasses
 
-    from conftest import cached_run_context, compose_cfg
+    from conftest import cached_run_context
     from erasebench.methods.doco import DoCo
 
-    from erasebench.configs import build_task
 
-    task = dataclasses.replace(build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2), kind=kind)
+    task = dataclasses.replace(task_of(), kind=kind)
     method = DoCo(DoCo.Config(steps=1, warm_up=1, num_anchor_images=2, batch_size=1))  # discriminator only
     method.erase(tiny_pipe, task, cached_run_context(tiny_pipe, tmp_path))
     assert method.disc_lr == dlr   # README: --dlr 0.0005 (style), --dlr 0.0001 (object, nudity)
@@ -344,10 +336,9 @@ def test_advunlearn_attack_returns_the_embedding_built_before_its_last_update(ti
 
 def test_advunlearn_retain_batches_are_always_full(tiny_pipe: Any, tmp_path: Any,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from conftest import cached_run_context, compose_cfg
+    from conftest import cached_run_context
     from erasebench.methods import advunlearn
 
-    from erasebench.configs import build_config, build_task
 
     seen: list[list[int]] = []
     real = advunlearn.retain_loss
@@ -361,16 +352,14 @@ def test_advunlearn_retain_batches_are_always_full(tiny_pipe: Any, tmp_path: Any
 
     from erasebench.api import PromptItem
 
-    task = build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
+    task = task_of()
     retain = ["a photo of a dog", "a photo of a car", "a red bus", "a green tree", "a small boat"]
     task = dataclasses.replace(task, splits={**task.splits, "preserve": [PromptItem(p, seed=i) for i, p in
                                                                          enumerate(retain)]})
     pool = len(advunlearn.load_retain_prompts("task_preserve", task))
     assert pool % 2 == 1   # an odd pool: a short leftover batch would appear without the reset
-    node = {k: v for k, v in compose_cfg(["model=tiny", "method=advunlearn"])["method"].items() if k != "name"}
-    settings = {**node, **advunlearn.AdvUnlearn.smoke_settings, "retain_prompts": "task_preserve",
-                "iterations": pool + 1, "warmup_iterations": pool + 1}
-    method = advunlearn.AdvUnlearn(build_config(advunlearn.AdvUnlearn, settings, "method"))
+    method = paper_method("advunlearn", retain_prompts="task_preserve", iterations=pool + 1,
+                          warmup_iterations=pool + 1)
     method.erase(tiny_pipe, task, cached_run_context(tiny_pipe, tmp_path))
     # PromptDataset: sample without replacement; AdvUnlearn.py resets the pool when fewer than retain_batch
     # prompts are unseen (checked every adv_prompt_update_step = 1 iteration): every batch has retain_batch.
@@ -426,10 +415,9 @@ def test_sgrace_prompts_not_redrawn_attack_on_from_their_attacked_value(tiny_pip
     # train.py: att_embedding = nn.Parameter(att_embedding_0.to(device)) shares att_embedding_0's storage (it
     # is already on the device), so the attack's in-place Adam steps overwrite the stored initial embedding: a
     # prompt kept for the next round starts from its attacked value.
-    from conftest import cached_run_context, compose_cfg
+    from conftest import cached_run_context
     from erasebench.methods import sgrace
 
-    from erasebench.configs import build_config, build_task
 
     rounds: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
     real = sgrace.pgd_attack
@@ -440,10 +428,8 @@ def test_sgrace_prompts_not_redrawn_attack_on_from_their_attacked_value(tiny_pip
         return advs, losses
 
     monkeypatch.setattr(sgrace, "pgd_attack", recording)
-    node = {k: v for k, v in compose_cfg(["model=tiny", "method=sgrace"])["method"].items() if k != "name"}
-    settings = {**node, **sgrace.SGrace.smoke_settings, "rounds": 2, "update_chance": 0.0}
-    method = sgrace.SGrace(build_config(sgrace.SGrace, settings, "method"))
-    method.erase(tiny_pipe, build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2),
+    method = paper_method("sgrace", rounds=2, update_chance=0.0)
+    method.erase(tiny_pipe, task_of(),
                  cached_run_context(tiny_pipe, tmp_path))
     (inits_0, advs_0), (inits_1, _) = rounds
     assert any(float((a - i).abs().max()) > 0 for a, i in zip(advs_0, inits_0))   # the attack moved them
@@ -468,11 +454,9 @@ def test_advanchor_mean_product_is_the_codes_loss() -> None:
 # --- I2P harm categories: kind "unsafe", each method's unsafe settings where its reference has them ---
 
 def _i2p(concept: str) -> Any:
-    from conftest import compose_cfg
 
-    from erasebench.configs import build_task
 
-    return build_task(compose_cfg(["task=i2p"])["task"], concept, limit=2)
+    return task_of("i2p", concept)
 
 
 def test_i2p_categories_get_the_references_unsafe_settings() -> None:

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import cached_run_context, compose_cfg, trained_and_original
+from conftest import cached_run_context, paper_method, task_of, trained_and_original
 from erasebench.methods import advanchor, advunlearn, allbutone
 
 from erasebench.api import RunContext
-from erasebench.configs import build_config, build_task
 from erasebench.erasure import Shadow, Trainer, select_parameters
 from erasebench.generate import weight_digests
 
@@ -22,13 +21,8 @@ def _ctx(tmp_path: Path, pipe: Any) -> RunContext:
     return cached_run_context(pipe, tmp_path)
 
 
-def _task() -> Any:
-    return build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
-
-
 def _method(cls: Any, **kwargs: Any) -> Any:
-    node = compose_cfg(["model=tiny", f"method={cls.name}"])["method"]  # paper settings, no toy preset
-    return cls(build_config(cls, {**{k: v for k, v in node.items() if k != "name"}, **kwargs}, "method"))
+    return paper_method(cls.name, smoke=False, **kwargs)
 
 
 def _unet(e: Any) -> Any:
@@ -85,7 +79,7 @@ def test_advanchor_stopping_rule_ends_the_inner_loop_when_the_similarity_turns_n
 def test_advanchor_inner_loop_in_the_method_obeys_the_rule(tiny_pipe: Any, tmp_path: Path) -> None:
     # L_adv2 with a large lr reaches < 0 within a few steps on the random tiny model
     method = _method(advanchor.AdvAnchor, adv_loss="adv2", steps=2, inner_steps=12, delta_lr=0.5)
-    method.erase(tiny_pipe, _task(), _ctx(tmp_path, tiny_pipe))
+    method.erase(tiny_pipe, task_of(), _ctx(tmp_path, tiny_pipe))
     for losses in method.adv_losses:
         assert all(v >= 0 for v in losses[:-1])
         assert losses[-1] < 0 or len(losses) == 12
@@ -104,13 +98,13 @@ def test_advanchor_strategies_order_delta_and_weight_updates(strategy: str, expe
                                                              tmp_path: Path) -> None:
     # delta starts at ~1e-7, so the anchor predicts like the concept (similarity ~1) and no early stop fires.
     method = _method(advanchor.AdvAnchor, strategy=strategy, steps=3, inner_steps=2)
-    method.erase(tiny_pipe, _task(), _ctx(tmp_path, tiny_pipe))
+    method.erase(tiny_pipe, task_of(), _ctx(tmp_path, tiny_pipe))
     assert method.trace == expected
 
 
 def test_advanchor_delta_covers_the_real_concept_tokens(tiny_pipe: Any, tmp_path: Path) -> None:
     method = _method(advanchor.AdvAnchor, steps=1, inner_steps=1, delta_space="token_input")
-    method.erase(tiny_pipe, _task(), _ctx(tmp_path, tiny_pipe))
+    method.erase(tiny_pipe, task_of(), _ctx(tmp_path, tiny_pipe))
     n = len(advunlearn.concept_token_ids(tiny_pipe.tokenizer, "cat"))
     prefix = len(advunlearn.concept_token_ids(tiny_pipe.tokenizer, "a photo of a"))
     assert method.resolved["delta_positions"] == [1 + prefix, 1 + prefix + n] and method.delta.shape[1] == n > 1
@@ -118,7 +112,7 @@ def test_advanchor_delta_covers_the_real_concept_tokens(tiny_pipe: Any, tmp_path
 
 def test_advanchor_delta_span_to_the_end_covers_every_state_after_the_prefix(tiny_pipe: Any, tmp_path: Path) -> None:
     method = _method(advanchor.AdvAnchor, steps=1, inner_steps=1, delta_span="concept_to_end")
-    method.erase(tiny_pipe, _task(), _ctx(tmp_path, tiny_pipe))
+    method.erase(tiny_pipe, task_of(), _ctx(tmp_path, tiny_pipe))
     start = 1 + len(advunlearn.concept_token_ids(tiny_pipe.tokenizer, "a photo of a"))
     end = tiny_pipe.tokenizer.model_max_length
     assert method.resolved["delta_positions"] == [start, end] and method.delta.shape[1] == end - start
@@ -221,7 +215,7 @@ def test_advunlearn_changes_only_the_text_encoder_and_it_loads_into_a_fresh_pipe
     before = weight_digests(pipe)
     method = _method(advunlearn.AdvUnlearn, **advunlearn.AdvUnlearn.smoke_settings, lr=1e-3)
     torch.manual_seed(0)
-    method.erase(pipe, _task(), _ctx(tmp_path, pipe))
+    method.erase(pipe, task_of(), _ctx(tmp_path, pipe))
     changed = save_erased(pipe, before, tmp_path, {"method": "advunlearn"})
     assert changed and all(k.startswith("text_encoder.") and "embeddings" not in k for k in changed)
     assert method.resolved["concept_tokens"] == 3 and len(method.attack_losses) == 2
@@ -246,10 +240,10 @@ def test_advunlearn_trains_the_paper_layers(tiny_pipe: Any) -> None:
 
 
 def test_advunlearn_retain_prompts(tiny_pipe: Any) -> None:
-    coco = advunlearn.load_retain_prompts("coco_object", _task())
+    coco = advunlearn.load_retain_prompts("coco_object", task_of())
     assert len(coco) > 200 and all(p.startswith("a photo of") for p in coco)
-    own = advunlearn.load_retain_prompts("task_preserve", _task())
-    assert own == list(dict.fromkeys(item.prompt for item in _task().splits["preserve"]))
+    own = advunlearn.load_retain_prompts("task_preserve", task_of())
+    assert own == list(dict.fromkeys(item.prompt for item in task_of().splits["preserve"]))
 
 
 # ---------------------------------------------------------------- All-but-One

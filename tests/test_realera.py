@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from erasebench.api import RunContext
-from erasebench.configs import build_task
 from erasebench.errors import ErasebenchError
 from erasebench.methods.realera import RealEra, mine_perturbations
 
-from conftest import compose_cfg  # isort: skip
+from conftest import task_of  # isort: skip
 
 
 def _ctx(tmp_path: Path) -> RunContext:
@@ -25,7 +24,7 @@ def _ctx(tmp_path: Path) -> RunContext:
 
 
 def _task() -> Any:
-    return build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
+    return task_of()
 
 
 def _method(**kw: Any) -> RealEra:
@@ -120,7 +119,7 @@ def test_saved_lora_reloads_to_the_fused_result(_tiny_master: Any, tmp_path: Pat
 
 
 def test_beyond_concepts_include_the_tasks_other_concepts() -> None:
-    task = build_task(compose_cfg(["task=toy_object"])["task"], "circle", limit=2)
+    task = task_of("toy_object", "circle")
     concept, anchor, keep = RealEra().prompts(task)
     assert (concept, anchor) == ("a circle", "a shape")
     assert set(keep) == {"a square", "a triangle", "a star", "a cross", ""}

@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import compose_cfg, paper_method, task_of
 
 from erasebench.api import RunContext
-from erasebench.configs import build_config, build_task
 from erasebench.methods.advunlearn import select_text_encoder_parameters
-from erasebench.methods.sgrace import (SGrace, adv_features, adv_states, anchor_loss, attack_loss, concept_lists,
+from erasebench.methods.sgrace import (adv_features, adv_states, anchor_loss, attack_loss, concept_lists,
                                        copycat_prompt, cos_mean, edit_loss, feature, load_concept_file, param_l1,
                                        pgd_attack)
 from erasebench.erasure import concept_token_ids, text_states
@@ -160,10 +159,8 @@ def test_only_text_encoder_layers_change(tiny_pipe: Any, tmp_path: Path) -> None
     unet = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
     vae = {k: v.clone() for k, v in tiny_pipe.vae.state_dict().items()}
     te = {k: v.clone() for k, v in tiny_pipe.text_encoder.state_dict().items()}
-    node = compose_cfg(["model=tiny", "method=sgrace"])["method"]
-    method = SGrace(build_config(SGrace, {**{k: v for k, v in node.items() if k != "name"}, **SGrace.smoke_settings},
-                                 "method"))
-    task = build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
+    method = paper_method("sgrace")
+    task = task_of()
     run = RunContext(seed=0, device=torch.device("cpu"), dtype=torch.float32, run_dir=tmp_path,
                      generate=lambda *a: [], original_images=lambda *a: [])
     out = method.erase(tiny_pipe, task, run)
@@ -197,10 +194,10 @@ def test_shipped_concept_lists_load_with_their_counts() -> None:
 
 
 def test_concept_lists_for_tasks() -> None:
-    task = build_task(compose_cfg(["task=toy_object"])["task"], "circle", limit=2)
+    task = task_of("toy_object", "circle")
     related, unrelated = concept_lists("file", task, task.erase_text())
     assert related[0] == "a circle" and len(related) == 12 and len(unrelated) == 16   # "a circle" is in the file
-    style = build_task(compose_cfg(["task=style"])["task"], "van_gogh", limit=2)
+    style = task_of("style", "van_gogh")
     related, unrelated = concept_lists("file", style, style.erase_text())
     assert related[0] == "Van Gogh" and len(related) == 26 and len(unrelated) == 20
     related, unrelated = concept_lists("task", task, task.erase_text())

@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import paper_method, task_of
 
 from erasebench.api import RunContext
 from erasebench.closed_form import kv_layers, token_states
-from erasebench.configs import build_config, build_task
 from erasebench.erasure import ddim_scheduler
 from erasebench.methods.trce import TRCE, contrastive_loss
 
@@ -21,12 +20,7 @@ SMALL = {"num_trajectories": 3, "epochs": 2, "ddim_steps": 10, "max_early_step":
 
 
 def _method(**kw: Any) -> TRCE:
-    node = compose_cfg(["model=tiny", "method=trce"])["method"]
-    return TRCE(build_config(TRCE, {**{k: v for k, v in node.items() if k != "name"}, **SMALL, **kw}, "method"))
-
-
-def _task() -> Any:
-    return build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
+    return paper_method("trce", smoke=False, **{**SMALL, **kw})
 
 
 def _run() -> RunContext:
@@ -40,7 +34,7 @@ def test_stage1_is_closed_form_and_maps_malicious_eot_to_the_safe_one(tiny_pipe:
     orig_step = torch.optim.Optimizer.step
     monkeypatch.setattr(torch.optim.Optimizer, "step",
                         lambda self, *a, **k: calls.append(1) or orig_step(self, *a, **k))
-    method, task = _method(stage2=False, preserve_scale=1e-3), _task()  # weak preservation: the map is ~exact
+    method, task = _method(stage2=False, preserve_scale=1e-3), task_of()  # weak preservation: the map is ~exact
     pairs = method.prompt_pairs(task)
     assert pairs[0] == ("cat", "an object") and all("cat" in m and "cat" not in s for m, s in pairs)
     layers = kv_layers(tiny_pipe.unet)
@@ -60,7 +54,7 @@ def test_stage1_is_closed_form_and_maps_malicious_eot_to_the_safe_one(tiny_pipe:
 
 
 def test_stage1_preservation_keeps_other_concepts(tiny_pipe: Any) -> None:
-    method, task = _method(stage2=False, preserve_scale=1.0), _task()
+    method, task = _method(stage2=False, preserve_scale=1.0), task_of()
     keep = token_states(tiny_pipe, method.preserve_texts(task), which="eot")
     assert method.preserve_texts(task) and not any("cat" in t for t in method.preserve_texts(task))
     layers = kv_layers(tiny_pipe.unet)
@@ -109,7 +103,7 @@ def test_stage2_samples_only_the_early_steps_and_trains_attn1_and_queries(tiny_p
     assert {s for _, s in many} == set(range(4))
     assert all(0 <= tb < 1000 and sb < 10 for draws in regs for _, sb, tb in draws)
     before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
-    method.erase(tiny_pipe, _task(), _run())
+    method.erase(tiny_pipe, task_of(), _run())
     early = [int(t) for t in ddim_scheduler(tiny_pipe, 10).timesteps[:4]]
     assert method.target_timesteps and set(method.target_timesteps) <= set(early)
     assert min(early) > 500
@@ -129,10 +123,10 @@ def test_stage2_uses_the_original_model_as_reference(tiny_pipe: Any, monkeypatch
     seen: list[tuple] = []
     monkeypatch.setattr(trce, "contrastive_loss", lambda *a: seen.append(a) or trce.F.mse_loss(a[0], a[2]) * 0)
     method = _method(epochs=1, num_trajectories=1, reg_batch_size=0)
-    method.erase(tiny_pipe, _task(), _run())
+    method.erase(tiny_pipe, task_of(), _run())
     # recompute the references with a real copy of the original UNet on the step's latent
     (p_m, p_u, r_m, r_s, r_u, *_), = seen
-    pair = method.stage2_pairs(_task())[0]
+    pair = method.stage2_pairs(task_of())[0]
     with torch.no_grad():
         x = method.last_latent
         t = torch.tensor([method.target_timesteps[0]])

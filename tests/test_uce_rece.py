@@ -8,18 +8,16 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import compose_cfg
+from conftest import paper_method, task_of
 
 from erasebench.api import RunContext
 from erasebench.closed_form import kv_layers, token_states
-from erasebench.configs import build_config, build_task
 from erasebench.methods.rece import RECE, rece_epoch, regzero_embedding
 from erasebench.methods.uce import UCE, concept_phrase, encode_all, prompts_for, tail_pairs, uce_edit
-from erasebench.registry import METHODS
 
 
 def _task(**changes: Any) -> Any:
-    task = build_task(compose_cfg(["task=smoke"])["task"], "cat", limit=2)
+    task = task_of()
     return dataclasses.replace(task, **changes) if changes else task
 
 
@@ -29,12 +27,6 @@ def _ctx(tmp_path: Path) -> RunContext:
 
     return RunContext(seed=0, device=torch.device("cpu"), dtype=torch.float32, run_dir=tmp_path,
                       generate=no_images, original_images=no_images, limit=2)
-
-
-def _method(name: str, **settings: Any) -> Any:
-    cls = METHODS.get(name)
-    node = {k: v for k, v in compose_cfg(["model=tiny", f"method={name}"])["method"].items() if k != "name"}
-    return cls(build_config(cls, {**node, **cls.smoke_settings, **settings}, "method"))
 
 
 def _all_tensors(pipe: Any) -> dict[str, torch.Tensor]:
@@ -69,7 +61,7 @@ def test_no_optimiser_no_backward_and_only_cross_attention_kv_change(name: str, 
     assert calls == {"optimizer": 1, "step": 1, "backward": 1}
 
     before = _all_tensors(tiny_pipe)
-    _method(name, preserve="task").erase(tiny_pipe, _task(), _ctx(tmp_path))
+    paper_method(name, preserve="task").erase(tiny_pipe, _task(), _ctx(tmp_path))
     assert calls == {"optimizer": 1, "step": 1, "backward": 1}, "erase() built an optimiser or back-propagated"
     after = _all_tensors(tiny_pipe)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
@@ -87,7 +79,7 @@ def test_uce_maps_the_concept_onto_the_guide_and_keeps_the_preserved(_tiny_maste
     edited = {}
     for preserve in ("none", "task"):
         pipe = copy.deepcopy(_tiny_master)
-        method = _method("uce", preserve=preserve)
+        method = paper_method("uce", preserve=preserve)
         assert method.config.lamb == 0.5 and method.config.tokens == "last" and method.config.guide == "auto"
         method.erase(pipe, task, _ctx(tmp_path))
         assert method.prompts == {"erase": ["cat"], "guide": [""], "preserve": [] if preserve == "none" else
@@ -158,7 +150,7 @@ def test_rece_embedding_solves_its_closed_form_and_the_epoch_erases_it(tiny_pipe
 
 
 def test_rece_erase_runs_uce_then_its_epochs(tiny_pipe: Any, tmp_path: Path) -> None:
-    method = _method("rece", epochs=2)
+    method = paper_method("rece", epochs=2)
     method.erase(tiny_pipe, _task(), _ctx(tmp_path))
     assert len(method.embeddings) == 2 and method.prompts["guide"] == [""] and method.prompts["preserve"] == []
     assert float((method.embeddings[0] - method.embeddings[1]).norm()) > 0.1 * float(method.embeddings[0].norm())
