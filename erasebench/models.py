@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from erasebench.clip_tokenizer import sd_clip_tokenizer
 from erasebench.errors import ConfigError, MissingFileError, UnknownNameError, unknown_name_message
 
 #: Sampler name -> diffusers scheduler class name.
@@ -107,17 +108,18 @@ def build_tiny(device: torch.device = torch.device("cpu")) -> Any:
 
 
 def build_sd14_random(device: torch.device = torch.device("cpu")) -> Any:
-    """The SD v1.4 architecture (CompVis v1-inference.yaml) with random weights.
+    """The SD v1.4 architecture (CompVis v1-inference.yaml) with random weights and SD's real tokenizer.
 
-    Deviation: the tokenizer is the byte-level :func:`build_char_tokenizer`, not CLIP's BPE vocabulary
-    (which needs a download); the text tower still has CLIP ViT-L/14's shape and 49408-token embedding.
+    The tokenizer is CLIP's BPE (:func:`erasebench.clip_tokenizer.sd_clip_tokenizer`, built offline from
+    open-clip-torch's vocabulary): prompts get the ids the real checkpoint gives them, so token-position rules
+    meet multi-token concepts. The text tower has CLIP ViT-L/14's shape and 49408-token embedding.
     """
     unet = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # diffusers defaults = SD v1 UNet
     vae = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
     text = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
                 max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", vocab_size=49408)
-    return _assemble(unet, vae, text, build_char_tokenizer(77), device)
+    return _assemble(unet, vae, text, sd_clip_tokenizer(77), device)
 
 
 def _load_pretrained(cfg: Mapping[str, Any], dtype: torch.dtype) -> Any:
