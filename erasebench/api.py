@@ -235,6 +235,15 @@ class Method(Plugin, ABC):
             run: Seed, device, cached generation and the run directory.
         """
 
+    def trained_tensors(self, pipe: DiffusionPipeline, task: Task) -> set[str] | None:
+        """The weights :meth:`erase` changes on ``pipe`` for ``task``, as ``component.tensor_name``
+        (``unet.…``, ``text_encoder.…``: the names of :func:`erasebench.generate.weight_digests`).
+
+        Called before :meth:`erase`, on the original pipeline. The contract tests check that exactly these
+        change, each of them; ``None`` (the default) means the plugin does not declare them.
+        """
+        return None
+
 
 class Evaluator(Plugin, ABC):
     """A metric over a task's splits."""

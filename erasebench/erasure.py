@@ -58,6 +58,11 @@ def select_parameters(module: torch.nn.Module, group: str,
     return chosen
 
 
+def qualified(component: str, params: dict[str, Any]) -> set[str]:
+    """``component.name`` for each name of ``params`` (a method's :meth:`~erasebench.api.Method.trained_tensors`)."""
+    return {f"{component}.{n}" for n in params}
+
+
 class Shadow:
     """A second set of values for the trained tensors, swapped in on demand.
 
@@ -208,15 +213,15 @@ class Trainer:
                  **opt_kwargs: Any) -> None:
         self.params, self.clip_grad, self.loss_scale = params, clip_grad, loss_scale
         self.dtype = next(iter(params.values())).dtype
+        half = self.dtype in (torch.float16, torch.bfloat16)
         for p in params.values():
-            p.data = p.data.float()
+            p.data = p.data.float() if half else p.data
             p.requires_grad_(True)
         cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
         self.opt = cls(list(params.values()), lr=lr, **opt_kwargs)
         self.bar = tqdm(total=steps, desc=desc)
         self.first_loss: float | None = None
         device = next(iter(params.values())).device
-        half = self.dtype in (torch.float16, torch.bfloat16)
         self.autocast = (torch.autocast("cuda", dtype=self.dtype) if device.type == "cuda" and half
                          else contextlib.nullcontext())
 

@@ -61,7 +61,8 @@ import torch
 import torch.nn.functional as F
 
 from erasebench.api import Method, PromptItem, RunContext, Task, by_kind
-from erasebench.erasure import Trainer, check_choice, detach_start_token, encode, select_parameters
+from erasebench.erasure import Trainer, check_choice, detach_start_token, encode, qualified
+from erasebench.erasure import select_parameters
 from erasebench.registry import register_method
 
 #: Fallback anchor captions by task kind, used when the task gives none ("{anchor}" is filled in).
@@ -198,6 +199,10 @@ class AbConcept(Method):
             noise = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
             latents.append((dist.mean + dist.std * noise) * pipe.vae.config.scaling_factor)
         return torch.cat(latents), captions
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """The UNet tensors of the recipe's ``parameter_group`` for the task's kind."""
+        return qualified("unet", select_parameters(pipe.unet, self.resolve(task)["parameter_group"]))
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Generate anchor images, then fine-tune toward the anchor under target captions."""

@@ -82,7 +82,7 @@ import torch.nn.functional as F
 
 from erasebench.api import Method, PromptItem, RunContext, Task, by_kind
 from erasebench.erasure import Shadow, Trainer, check_choice, concept_token_ids, encode, esd_timesteps
-from erasebench.erasure import select_parameters, text_states
+from erasebench.erasure import qualified, select_parameters, text_states
 from erasebench.registry import register_method
 
 #: Per task kind: [concept prompt, generic prompt, anchor base prompt]; ``{concept}`` is the concept text.
@@ -267,6 +267,10 @@ class AdvAnchor(Method):
             noise = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
             out.append((dist.mean + dist.std * noise) * pipe.vae.config.scaling_factor)
         return torch.cat(out)
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """The UNet tensors of ``train_method``."""
+        return qualified("unet", select_parameters(pipe.unet, self.config.train_method))
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Render concept images, then alternate (or sequence) anchor search and unlearning steps."""

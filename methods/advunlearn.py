@@ -79,7 +79,7 @@ import torch.nn.functional as F
 from erasebench.api import Method, RunContext, Task
 from erasebench.datafiles import resolve_data_path
 from erasebench.erasure import Trainer, check_choice, concept_token_ids, ddim_scheduler, encode, esd_timesteps
-from erasebench.erasure import partial_ddim_sample, text_states
+from erasebench.erasure import partial_ddim_sample, qualified, text_states
 from erasebench.errors import ErasebenchError
 from erasebench.prompt_csv import read_prompt_csv
 from erasebench.registry import register_method
@@ -272,6 +272,12 @@ class AdvUnlearn(Method):
             check_choice("t_mapping", self.t_mapping, ("compvis", "consistent"))
             check_choice("retain_prompts", self.retain_prompts, ("coco_object", "task_preserve"))
             check_choice("attack_init", self.attack_init, ("random", "latest"))
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """The text-encoder tensors of ``train_group`` / ``train_layers`` / ``norm_layer``."""
+        c = self.config
+        return qualified("text_encoder", select_text_encoder_parameters(pipe.text_encoder, c.train_group,
+                                                                        c.train_layers, c.norm_layer))
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Train and return ``pipe`` with the adversarially unlearned text encoder."""

@@ -53,6 +53,7 @@ from erasebench.erasure import (
     encode,
     esd_timesteps,
     partial_ddim_sample,
+    qualified,
     select_parameters,
 )
 from erasebench.errors import ConfigError
@@ -166,6 +167,10 @@ class AllButOne(Method):
             out.append((dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen).to(dist.mean))
                        * pipe.vae.config.scaling_factor)
         return torch.cat(out)
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """The UNet tensors of ``train_method``."""
+        return qualified("unet", select_parameters(pipe.unet, self.config.train_method))
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Train and return ``pipe`` with the surgically updated cross-attention."""

@@ -84,7 +84,7 @@ from torch import nn
 
 from erasebench.api import Method, RunContext, Task, by_kind
 from erasebench.erasure import PARAMETER_GROUPS, Shadow, Trainer, check_choice, detach_start_token, encode
-from erasebench.erasure import select_parameters
+from erasebench.erasure import qualified, select_parameters
 from erasebench.errors import ConfigError, ErasebenchError
 from erasebench.methods.abconcept import DEFAULT_ANCHOR, AbConcept, target_caption
 from erasebench.registry import register_method
@@ -233,6 +233,10 @@ class DoCo(Method):
             check_choice("parameter_group", self.parameter_group, tuple(PARAMETER_GROUPS))
             if not 0 <= self.warm_up <= self.steps:
                 raise ConfigError(f"warm_up must lie in 0..steps ({self.steps}), not {self.warm_up}.")
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """The UNet tensors of ``parameter_group``."""
+        return qualified("unet", select_parameters(pipe.unet, self.config.parameter_group))
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Render anchor images, warm the discriminator up, then train k/v adversarially with surgery."""

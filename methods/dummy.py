@@ -34,6 +34,10 @@ class DummyMethod(Method):
         scale: float = 0.5
         sleep_s: float = 0.0
 
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """Every cross-attention value weight."""
+        return {f"unet.{n}.to_v.weight" for n, _ in pipe.unet.named_modules() if n.endswith("attn2")}
+
     @torch.no_grad()
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Scale the value projections of every ``attn2`` block."""

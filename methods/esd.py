@@ -53,6 +53,7 @@ Two of its conventions differ from the names here:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,7 @@ import torch.nn.functional as F
 
 from erasebench.api import Method, RunContext, Task
 from erasebench.erasure import PARAMETER_GROUPS, Shadow, Trainer, check_choice, ddim_scheduler, encode, esd_timesteps
-from erasebench.erasure import partial_ddim_sample, select_parameters
+from erasebench.erasure import partial_ddim_sample, qualified, select_parameters
 from erasebench.registry import register_method
 
 
@@ -73,6 +74,20 @@ def esd_loss(unet: Any, frozen: Shadow, z: torch.Tensor, t: torch.Tensor, emb_0:
         e_p = unet(z, t, encoder_hidden_states=emb_p).sample
     e_n = unet(z, t, encoder_hidden_states=emb_p).sample
     return F.mse_loss(e_n.float(), (e_0 - negative_guidance * (e_p - e_0)).float())
+
+
+@contextlib.contextmanager
+def _precision(pipe: Any, train_dtype: str) -> Iterator[None]:
+    """Run the block with the UNet and text encoder in float64 (``train_dtype="float64"``), then cast back."""
+    modules = (pipe.unet, pipe.text_encoder) if train_dtype == "float64" else ()
+    dtypes = [m.dtype for m in modules]
+    for m in modules:
+        m.to(torch.float64)
+    try:
+        yield
+    finally:
+        for m, dtype in zip(modules, dtypes):
+            m.to(dtype)
 
 
 @register_method("esd")
@@ -99,6 +114,11 @@ class ESD(Method):
             sampler_model: ``trained`` (paper code) or ``frozen`` (diffusers port).
             t_mapping: ``compvis`` (paper code) or ``consistent`` (diffusers port); see the module docstring.
             prompt: The text to erase; empty means the task's (``task.erase_text()``).
+            train_dtype: ``model`` (train in the model's dtype, fp32 master weights: the paper code's fp32) or
+                ``float64``: the sampling chain, both predictions and Adam run in double precision and the
+                UNet is cast back afterwards. A numerical option, not a method change: ESD's outcome on a
+                small model is chaotic in float rounding (the trained model samples its own x_t), so fp32 CPU
+                runs with 1, 2 or 4 threads end apart; in float64 they agree (the toy preset uses it).
         """
 
         train_method: str = "auto"
@@ -110,17 +130,32 @@ class ESD(Method):
         sampler_model: str = "trained"
         t_mapping: str = "compvis"
         prompt: str = ""
+        train_dtype: str = "model"
 
         def __post_init__(self) -> None:
             check_choice("sampler_model", self.sampler_model, ("trained", "frozen"))
+            check_choice("train_dtype", self.train_dtype, ("model", "float64"))
             check_choice("t_mapping", self.t_mapping, ("compvis", "consistent"))
             if self.train_method != "auto":
                 check_choice("train_method", self.train_method, tuple(PARAMETER_GROUPS))
 
+    def group(self, task: Task) -> str:
+        """The trained group: ``train_method``, or for ``auto`` ESD-x on styles and ESD-u otherwise."""
+        c = self.config
+        return c.train_method if c.train_method != "auto" else ("xattn" if task.kind == "style" else "noxattn")
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """The UNet tensors of :meth:`group`."""
+        return qualified("unet", select_parameters(pipe.unet, self.group(task)))
+
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Train and return ``pipe`` with the ESD-updated UNet."""
+        with _precision(pipe, self.config.train_dtype):
+            self._train(pipe, task, run, self.group(task))
+        return pipe
+
+    def _train(self, pipe: Any, task: Task, run: RunContext, group: str) -> None:
         c = self.config
-        group = c.train_method if c.train_method != "auto" else ("xattn" if task.kind == "style" else "noxattn")
         unet = pipe.unet
         params = select_parameters(unet, group)
         frozen = Shadow(params)
@@ -142,4 +177,3 @@ class ESD(Method):
                 loss = esd_loss(unet, frozen, z, t, emb_0, emb_p, c.negative_guidance)
             self.losses.append(trainer.step(loss))
         trainer.finish()
-        return pipe

@@ -14,6 +14,10 @@ class NoErasure(Method):
 
     display_name = "None (original)"
 
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """Nothing: the original model."""
+        return set()
+
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Return ``pipe`` unchanged."""
         return pipe

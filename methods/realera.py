@@ -78,7 +78,7 @@ import torch.nn.functional as F
 from erasebench.api import Method, RunContext, Task, by_kind
 from erasebench.closed_form import EditGroup, kv_edit, kv_layers, states_and_lengths
 from erasebench.erasure import Shadow, Trainer, check_choice, ddim_scheduler, encode, esd_timesteps
-from erasebench.erasure import partial_ddim_sample
+from erasebench.erasure import partial_ddim_sample, qualified
 from erasebench.errors import ConfigError, ErasebenchError
 from erasebench.registry import register_method
 
@@ -351,6 +351,13 @@ class RealEra(Method):
             p.requires_grad_(False)
 
     # -- erase -----------------------------------------------------------------------------------------------------
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """The closed-form k/v weights and the base weights of the modules the LoRA is fused into."""
+        c = self.config
+        fused = {f"{n}.weight" for n, _ in pipe.unet.named_modules() if any(n.endswith(t) for t in c.lora_targets)}
+        return (qualified("unet", kv_layers(pipe.unet)) if c.closed_form else set()) | (
+            qualified("unet", dict.fromkeys(fused)) if c.lora_steps > 0 else set())
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Closed-form k/v edit, then LoRA noise alignment (fused); returns ``pipe`` edited in place."""

@@ -66,7 +66,7 @@ import torch
 
 from erasebench.api import Method, RunContext, Task
 from erasebench.closed_form import EditGroup, kv_edit, kv_layers
-from erasebench.erasure import check_choice
+from erasebench.erasure import check_choice, qualified
 from erasebench.methods.uce import encode_all, prompts_for, uce_edit
 from erasebench.registry import register_method
 
@@ -180,6 +180,10 @@ class RECE(Method):
         reg, epochs = KIND_DEFAULTS.get(kind, STYLE_OBJECT_DEFAULTS)
         c = self.config
         return (reg if c.regular_scale is None else c.regular_scale), (epochs if c.epochs is None else c.epochs)
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """Every cross-attention key and value weight (UCE's, then each epoch's)."""
+        return qualified("unet", kv_layers(pipe.unet))
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """UCE, then ``epochs`` RECE epochs, all on ``pipe.unet``'s ``attn2.to_k`` / ``attn2.to_v`` in place."""

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from erasebench.api import Method, RunContext, Task
 from erasebench.erasure import PARAMETER_GROUPS, Shadow, Trainer, check_choice, ddim_scheduler, encode
-from erasebench.erasure import partial_ddim_sample, select_parameters
+from erasebench.erasure import partial_ddim_sample, qualified, select_parameters
 from erasebench.registry import register_method
 
 
@@ -109,6 +109,10 @@ class SDD(Method):
 
         def __post_init__(self) -> None:
             check_choice("train_method", self.train_method, tuple(SDD_GROUPS))
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """The UNet tensors of ``train_method`` (:data:`SDD_GROUPS`)."""
+        return qualified("unet", select_parameters(pipe.unet, self.config.train_method, SDD_GROUPS))
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Train and return ``pipe`` holding the EMA teacher's weights."""

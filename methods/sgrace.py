@@ -102,7 +102,7 @@ import torch.nn.functional as F
 from erasebench.api import Method, RunContext, Task
 from erasebench.datafiles import resolve_data_path
 from erasebench.erasure import Shadow, Trainer, check_choice, concept_token_ids, ddim_scheduler, encode
-from erasebench.erasure import partial_ddim_sample, text_states
+from erasebench.erasure import partial_ddim_sample, qualified, text_states
 from erasebench.errors import ErasebenchError
 from erasebench.methods.advunlearn import TE_GROUPS, select_text_encoder_parameters
 from erasebench.registry import register_method
@@ -433,6 +433,11 @@ class SGrace(Method):
                 return task.erase_text()
             template = {"style": "a picture of {}", "object": "a photo of {}"}.get(task.kind, "{}")
         return template.format(concept)
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """The text-encoder tensors of ``train_group`` and the final layer norm."""
+        return qualified("text_encoder", select_text_encoder_parameters(pipe.text_encoder, self.config.train_group,
+                                                                        norm_layer=True))
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Train and return ``pipe`` with the S-GRACE-edited text encoder."""

@@ -89,7 +89,7 @@ import torch.nn.functional as F
 from erasebench.api import Method, RunContext, Task, by_kind
 from erasebench.closed_form import EditGroup, kv_layers, solve_edit
 from erasebench.datafiles import resolve_data_path
-from erasebench.erasure import Shadow, Trainer, check_choice, ddim_scheduler, encode
+from erasebench.erasure import Shadow, Trainer, check_choice, ddim_scheduler, encode, qualified
 from erasebench.errors import ConfigError, ErasebenchError
 from erasebench.prompt_csv import read_prompt_csv
 from erasebench.registry import register_method
@@ -468,6 +468,12 @@ class TRCE(Method):
             trainer.bar.set_postfix(loss=f"{value:.4g}")
             self.losses.append(value)
         trainer.finish()
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """Stage 1's cross-attention keys and values and stage 2's attn1 / attn2.to_q tensors."""
+        c = self.config
+        return (qualified("unet", kv_layers(pipe.unet)) if c.stage1 else set()) | (
+            qualified("unet", trained_parameters(pipe.unet)) if c.stage2 else set())
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Stage 1 (closed form), then stage 2 (contrastive fine-tuning); returns the edited ``pipe``."""

@@ -61,7 +61,7 @@ import torch
 
 from erasebench.api import Method, RunContext, Task
 from erasebench.closed_form import EditGroup, kv_edit, kv_layers, states_and_lengths, token_states
-from erasebench.erasure import check_choice
+from erasebench.erasure import check_choice, qualified
 from erasebench.registry import register_method
 
 #: Guide of ``guide: auto`` per task kind: the 2024 script's ("art" for --concept_type art, else ""). The 2023
@@ -213,6 +213,10 @@ class UCE(Method):
 
         def __post_init__(self) -> None:
             check_choice("tokens", self.tokens, ("last", "tail"))
+
+    def trained_tensors(self, pipe: Any, task: Task) -> set[str]:
+        """Every cross-attention key and value weight."""
+        return qualified("unet", kv_layers(pipe.unet))
 
     def erase(self, pipe: Any, task: Task, run: RunContext) -> Any:
         """Edit every ``attn2.to_k`` / ``attn2.to_v`` weight of ``pipe.unet`` in closed form."""

@@ -34,6 +34,24 @@ def test_method_contract(name: str, tiny_pipe: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", METHODS.names())
+def test_exactly_the_declared_tensors_change(name: str, tiny_pipe: Any, tmp_path: Path) -> None:
+    import torch
+
+    method = paper_method(name)
+    declared = method.trained_tensors(tiny_pipe, task_of())
+    assert declared is not None, f"{name} does not declare the tensors it trains"
+    before = weight_digests(tiny_pipe)
+    assert declared <= set(before), sorted(declared - set(before))[:3]  # real weight names
+    torch.manual_seed(0)
+    out = method.erase(tiny_pipe, task_of(), _ctx(tmp_path, tiny_pipe))
+    after = weight_digests(out)
+    assert set(after) == set(before)  # no adapter or tensor left behind
+    changed = {k for k, v in after.items() if before[k] != v}
+    assert not changed - declared, f"undeclared: {sorted(changed - declared)[:5]}"
+    assert not declared - changed, f"declared, unchanged: {sorted(declared - changed)[:5]}"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
 def test_method_is_deterministic_for_a_seed(name: str, _tiny_master: Any, tmp_path: Path) -> None:
     import copy
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import trained_and_original
+from conftest import paper_method, task_of, trained_and_original
 
 from erasebench.erasure import Shadow, Trainer, select_parameters
 from erasebench.methods import abconcept, esd, sdd
@@ -133,3 +133,25 @@ def test_encode_builds_no_graph_through_a_trainable_text_encoder(tiny_pipe: Any)
     tiny_pipe.text_encoder.requires_grad_(True)   # methods that train it (AdvUnlearn, S-GRACE) leave it so
     emb = encode(tiny_pipe, ["a cat"])
     assert not emb.requires_grad and emb.grad_fn is None
+
+
+def test_esd_float64_training_runs_in_double_and_casts_back(tiny_pipe: Any, tmp_path: Any) -> None:
+    import copy
+
+    from conftest import cached_run_context
+
+
+    task = task_of()
+    fp32_pipe, original = copy.deepcopy(tiny_pipe), copy.deepcopy(tiny_pipe.unet.state_dict())
+    seen: set[torch.dtype] = set()
+    tiny_pipe.unet.register_forward_pre_hook(lambda _m, args: seen.add(args[0].dtype))
+    for pipe, dtype in ((tiny_pipe, "float64"), (fp32_pipe, "model")):
+        method = paper_method("esd", train_dtype=dtype)
+        method.erase(pipe, task, cached_run_context(pipe, tmp_path))
+    assert seen == {torch.float64}  # the sampling chain and all three predictions ran in double precision
+    assert {p.dtype for p in tiny_pipe.unet.parameters()} == {p.dtype for p in tiny_pipe.text_encoder.parameters()} \
+        == {torch.float32}
+    moved = [n for n, v in tiny_pipe.unet.state_dict().items() if not torch.equal(v, original[n])]
+    assert moved  # it trained
+    for n in moved:  # ... the same algorithm as in fp32, to fp32 rounding
+        torch.testing.assert_close(tiny_pipe.unet.state_dict()[n], fp32_pipe.unet.state_dict()[n], rtol=1e-3, atol=1e-6)
