@@ -107,14 +107,19 @@ def build_tiny(device: torch.device = torch.device("cpu")) -> Any:
     return _assemble(unet, vae, text, build_char_tokenizer(77), device)
 
 
-def build_sd14_random(device: torch.device = torch.device("cpu")) -> Any:
+def build_sd14_random(device: torch.device = torch.device("cpu"), sample_size: int = 64) -> Any:
     """The SD v1.4 architecture (CompVis v1-inference.yaml) with random weights and SD's real tokenizer.
 
     The tokenizer is CLIP's BPE (:func:`erasebench.clip_tokenizer.sd_clip_tokenizer`, built offline from
     open-clip-torch's vocabulary): prompts get the ids the real checkpoint gives them, so token-position rules
     meet multi-token concepts. The text tower has CLIP ViT-L/14's shape and 49408-token embedding.
+
+    Args:
+        device: Where to build it.
+        sample_size: The UNet's latent size, which methods draw their training latents at: 64 (512 px) as SD;
+            16 (128 px) keeps CPU checks of the full architecture within minutes.
     """
-    unet = dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # diffusers defaults = SD v1 UNet
+    unet = dict(sample_size=sample_size, cross_attention_dim=768, attention_head_dim=8)  # diffusers' = SD v1's
     vae = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
     text = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
@@ -185,7 +190,8 @@ def load_pipeline(cfg: Mapping[str, Any], device: torch.device, dtype: torch.dty
     builders = {"tiny": build_tiny, "sd14_random": build_sd14_random}
     source = cfg.get("source", "pretrained")
     if source in builders:
-        pipe = builders[source](device)
+        size = {"sample_size": int(cfg["sample_size"])} if source == "sd14_random" and cfg.get("sample_size") else {}
+        pipe = builders[source](device, **size)
     elif source == "toy":
         pipe = _load_toy()
     elif source == "pretrained":

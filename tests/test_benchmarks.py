@@ -41,3 +41,20 @@ def test_bench_methods_times_each_method_alone_and_keeps_going_after_a_failure()
     assert esd["method"] == "esd" and esd["seconds"] > 0 and esd["peak_rss_mib"] > 0
     assert esd["settings"]["iterations"] == 2  # the smoke settings were applied
     assert bad["method"] == "no_such_method" and "esd" in bad["error"]  # the error lists the valid names
+
+
+def test_sd_arch_check_runs_its_checks_on_the_tiny_model() -> None:
+    rows = _run("sd_arch_check.py", "--model", "tiny", "--methods", "uce,none")
+    assert [r["method"] for r in rows] == ["uce", "none"] and all(r["ok"] for r in rows), rows
+    uce, none = rows
+    assert uce["trained_tensors"] > 0 and none["trained_tensors"] == 0 and uce["peak_rss_mib"] > 0
+
+
+@pytest.mark.slow  # the SD v1.4 architecture on CPU: about N minutes for the 13 methods (BENCHMARKS.md)
+def test_every_method_on_the_sd14_architecture() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/sd_arch_check.py")], capture_output=True,
+                          text=True, timeout=7200)
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    failed = {r["method"]: r.get("failures") for r in rows if not r["ok"]}
+    assert len(rows) == 13 and not failed and proc.returncode == 0, failed
+    assert {r["task"] for r in rows} == {"style", "object", "nudity"}

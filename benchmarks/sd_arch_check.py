@@ -1,0 +1,148 @@
+"""Every method on the Stable Diffusion v1.4 architecture, on CPU: it runs, trains what it declares, reloads.
+
+    python benchmarks/sd_arch_check.py                       # all 13 methods on sd14_random at 128 px (CPU)
+    python benchmarks/sd_arch_check.py --methods esd,uce --model tiny     # seconds: the check itself
+
+``sd14_random`` is the real architecture (860M-parameter UNet, CLIP ViT-L/14 text tower, SD's BPE
+tokenizer) with random weights, built at latent size 16 (128 px) so that a CPU finishes. Each method runs
+in its own subprocess (its peak RSS is its own) with its ``smoke_settings`` on a paper task's real prompts
+(style ``van_gogh``, object ``church``, ``nudity``; two prompts per split), and the check asserts:
+
+1. ``erase`` runs;
+2. exactly the tensors of ``trained_tensors`` changed, by name, each of them;
+3. the changed tensors saved as the runner saves them (``erased/tensors.safetensors``) load into a freshly
+   built pipeline and reproduce the erased UNet's and text encoder's outputs exactly;
+4. a short evaluation: two erase-split images come out of the harness's cached generation (4 DDIM steps,
+   decoded by the VAE) at the sampler's size.
+
+Prints one JSON object per method (method, task, ok, seconds of ``erase``, peak RSS MiB, failures) and a
+final JSON list; exits 1 if any method failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: The paper task each method is checked on, so the three tasks' prompts all meet the real tokenizer.
+TASKS = {"none": "style", "esd": "style", "abconcept": "style", "uce": "style", "doco": "style",
+         "sdd": "nudity", "advunlearn": "nudity", "rece": "nudity", "trce": "nudity",
+         "advanchor": "object", "allbutone": "object", "realera": "object", "sgrace": "object"}
+CONCEPTS = {"style": "van_gogh", "object": "church", "nudity": "nudity", "smoke": "cat"}
+
+
+def _build(model: str, size: int) -> Any:
+    from erasebench.models import build_sd14_random, build_tiny
+
+    pipe = build_sd14_random(sample_size=size) if model == "sd14_random" else build_tiny()
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False).eval()  # as load_pipeline leaves them
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def _outputs(pipe: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text encoder's states for a fixed prompt and the UNet's prediction on a fixed latent."""
+    ids = pipe.tokenizer(["a painting in the style of Van Gogh"], padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    states = pipe.text_encoder(ids)[0]
+    size = pipe.unet.config.sample_size
+    z = torch.randn(1, pipe.unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(0))
+    return states, pipe.unet(z, torch.tensor([500]), encoder_hidden_states=states).sample
+
+
+def check_one(name: str, model: str, task_name: str, size: int) -> dict[str, Any]:
+    """Run the four checks for method ``name`` in this process."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from erasebench.api import RunContext
+    from erasebench.configs import build_config, build_task
+    from erasebench.erased import load_erased, save_erased
+    from erasebench.generate import ImageCache, Sampler, weight_digests
+    from erasebench.registry import METHODS
+
+    with initialize_config_module(config_module="erasebench.conf", version_base="1.3"):
+        cfg = OmegaConf.to_container(compose(config_name="config", overrides=[
+            "model=tiny", f"method={name}", f"task={task_name}"]), resolve=True)
+    cls = METHODS.get(name)
+    node = {k: v for k, v in cfg["method"].items() if k != "name"}  # type: ignore[index, union-attr]
+    method = cls(build_config(cls, {**node, **cls.smoke_settings}, "method"))
+    task = build_task(cfg["task"], CONCEPTS[task_name], limit=2)  # type: ignore[index, arg-type]
+    pipe = _build(model, size)
+    px = 8 * pipe.unet.config.sample_size
+    failures: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = ImageCache(Path(tmp) / "images", Sampler(steps=4, guidance_scale=7.5, height=px, width=px), 2,
+                           progress=False)
+        run = RunContext(seed=0, device=torch.device("cpu"), dtype=torch.float32, run_dir=Path(tmp) / "run",
+                         generate=cache, original_images=lambda items: cache(pipe, items), cache_dir=Path(tmp))
+        run.run_dir.mkdir()
+        declared = method.trained_tensors(pipe, task)
+        before = weight_digests(pipe)
+        torch.manual_seed(0)
+        start = time.perf_counter()
+        pipe = method.erase(pipe, task, run)
+        seconds = time.perf_counter() - start
+        changed = set(save_erased(pipe, before, run.run_dir, {"method_hash": "check"}))
+        if changed != (declared or set()):
+            failures.append(f"undeclared changes {sorted(changed - declared)[:3]}, declared but unchanged "
+                            f"{sorted(declared - changed)[:3]}")
+        expected = _outputs(pipe)
+        images = cache(pipe, task.splits["erase"][:2])
+        del pipe  # the fresh pipeline below replaces it (peak RSS: one SD model, not two)
+        fresh = _build(model, size)
+        if not load_erased(fresh, run.run_dir, "check") and changed:
+            failures.append("the saved tensors did not load")
+        for what, a, b in zip(("text encoder", "UNet"), expected, _outputs(fresh)):
+            if not torch.equal(a, b):
+                failures.append(f"reloaded {what} differs by {float((a - b).abs().max()):.3g}")
+    if [i.size for i in images] != [(px, px)] * 2:
+        failures.append(f"evaluation images: {[i.size for i in images]}, not two of {px} px")
+    return {"method": name, "model": model, "task": task.name, "concept": task.concept, "ok": not failures,
+            "seconds": round(seconds, 2), "trained_tensors": len(changed),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "threads": torch.get_num_threads(), "failures": failures}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check each requested method in a subprocess; print the rows; 1 if any failed."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="sd14_random", choices=["sd14_random", "tiny"])
+    p.add_argument("--methods", default="", help="comma list (default: all 13 methods)")
+    p.add_argument("--task", default="", help="one task for all (style, object, nudity, smoke); default per method")
+    p.add_argument("--sample-size", type=int, default=16, help="sd14_random's latent size (16 = 128 px)")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        task = args.task or ("smoke" if args.model == "tiny" else TASKS[args.one])
+        print(json.dumps(check_one(args.one, args.model, task, args.sample_size)))
+        return 0
+    names = [m for m in args.methods.split(",") if m] or list(TASKS)
+    rows = []
+    for name in names:
+        cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--sample-size", str(args.sample_size),
+               *(["--task", args.task] if args.task else [])]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        try:  # a crash is a failed row; the other methods still run
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            row = {"method": name, "ok": False, "failures": (proc.stderr.strip().splitlines() or ["crashed"])[-3:]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    print(json.dumps(rows))
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
