@@ -193,7 +193,8 @@ class Trainer:
     """Optimise a set of tensors of a half-precision-or-fp32 model safely.
 
     The trained tensors are kept in fp32 (pure fp16/bf16 Adam at lr 1e-5 loses most updates) and cast back
-    to the model's dtype by :meth:`finish`; activations run under autocast on CUDA.
+    to the model's dtype by :meth:`finish`; in a half-precision model the activations run under autocast
+    (on CUDA, and on CPU, where bf16 runs check dtype handling without a GPU).
 
     Args:
         params: The trained parameters (everything else should have ``requires_grad=False``).
@@ -222,8 +223,9 @@ class Trainer:
         self.bar = tqdm(total=steps, desc=desc)
         self.first_loss: float | None = None
         device = next(iter(params.values())).device
-        self.autocast = (torch.autocast("cuda", dtype=self.dtype) if device.type == "cuda" and half
-                         else contextlib.nullcontext())
+        # The fp32 master tensors sit inside a half-precision model: autocast runs its matmuls and convolutions
+        # in the model's dtype (CUDA, and CPU for bf16 checks without a GPU).
+        self.autocast = torch.autocast(device.type, dtype=self.dtype) if half else contextlib.nullcontext()
 
     def step(self, loss: torch.Tensor) -> float:
         """Backpropagate ``loss``, check it, and update the parameters."""
