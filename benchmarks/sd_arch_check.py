@@ -4,14 +4,16 @@
     python benchmarks/sd_arch_check.py --methods esd,uce --model tiny     # seconds: the check itself
 
 ``sd14_random`` is the real architecture (860M-parameter UNet, CLIP ViT-L/14 text tower, SD's BPE
-tokenizer) with random weights, built at latent size 16 (128 px) so that a CPU finishes. Each method runs
-in its own subprocess (its peak RSS is its own) with its ``smoke_settings`` on a paper task's real prompts
+tokenizer) with random weights, built once at latent size 16 (128 px) so that a CPU finishes. Each method
+runs in a forked child of that process (its peak RSS is its own: the shared model plus what the method adds)
+with its ``smoke_settings`` on a paper task's real prompts
 (style ``van_gogh``, object ``church``, ``nudity``; two prompts per split), and the check asserts:
 
 1. ``erase`` runs;
 2. exactly the tensors of ``trained_tensors`` changed, by name, each of them;
-3. the changed tensors saved as the runner saves them (``erased/tensors.safetensors``) load into a freshly
-   built pipeline and reproduce the erased UNet's and text encoder's outputs exactly;
+3. the changed tensors saved as the runner saves them (``erased/tensors.safetensors``) load into the original
+   pipeline (the erased one with its declared tensors restored from disk, as a fresh build would give it) and
+   reproduce the erased UNet's and text encoder's outputs exactly;
 4. a short evaluation: two erase-split images come out of the harness's cached generation (4 DDIM steps,
    decoded by the VAE) at the sampler's size.
 
@@ -23,11 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
-import sys
+import os
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,11 @@ def _outputs(pipe: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return states, pipe.unet(z, torch.tensor([500]), encoder_hidden_states=states).sample
 
 
-def check_one(name: str, model: str, task_name: str, size: int) -> dict[str, Any]:
-    """Run the four checks for method ``name`` in this process."""
+def check_one(name: str, pipe: Any, task_name: str) -> dict[str, Any]:
+    """Run the four checks for method ``name`` on ``pipe`` (edited in place: call it in a forked child)."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
+    from safetensors.torch import load_file, save_file
 
     from erasebench.api import RunContext
     from erasebench.configs import build_config, build_task
@@ -79,7 +81,6 @@ def check_one(name: str, model: str, task_name: str, size: int) -> dict[str, Any
     node = {k: v for k, v in cfg["method"].items() if k != "name"}  # type: ignore[index, union-attr]
     method = cls(build_config(cls, {**node, **cls.smoke_settings}, "method"))
     task = build_task(cfg["task"], CONCEPTS[task_name], limit=2)  # type: ignore[index, arg-type]
-    pipe = _build(model, size)
     px = 8 * pipe.unet.config.sample_size
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,56 +89,80 @@ def check_one(name: str, model: str, task_name: str, size: int) -> dict[str, Any
         run = RunContext(seed=0, device=torch.device("cpu"), dtype=torch.float32, run_dir=Path(tmp) / "run",
                          generate=cache, original_images=lambda items: cache(pipe, items), cache_dir=Path(tmp))
         run.run_dir.mkdir()
-        declared = method.trained_tensors(pipe, task)
+        declared = method.trained_tensors(pipe, task) or set()
         before = weight_digests(pipe)
+        _save_state(pipe, declared, Path(tmp) / "original.safetensors", save_file)
         torch.manual_seed(0)
         start = time.perf_counter()
         pipe = method.erase(pipe, task, run)
         seconds = time.perf_counter() - start
         changed = set(save_erased(pipe, before, run.run_dir, {"method_hash": "check"}))
-        if changed != (declared or set()):
+        if changed != declared:
             failures.append(f"undeclared changes {sorted(changed - declared)[:3]}, declared but unchanged "
                             f"{sorted(declared - changed)[:3]}")
         expected = _outputs(pipe)
         images = cache(pipe, task.splits["erase"][:2])
-        del pipe  # the fresh pipeline below replaces it (peak RSS: one SD model, not two)
-        fresh = _build(model, size)
-        if not load_erased(fresh, run.run_dir, "check") and changed:
+        _load_state(pipe, load_file(str(Path(tmp) / "original.safetensors")))  # back to the original model
+        if weight_digests(pipe) != before:
+            failures.append("restoring the declared tensors did not give the original model back")
+        if not load_erased(pipe, run.run_dir, "check") and changed:
             failures.append("the saved tensors did not load")
-        for what, a, b in zip(("text encoder", "UNet"), expected, _outputs(fresh)):
+        for what, a, b in zip(("text encoder", "UNet"), expected, _outputs(pipe)):
             if not torch.equal(a, b):
                 failures.append(f"reloaded {what} differs by {float((a - b).abs().max()):.3g}")
     if [i.size for i in images] != [(px, px)] * 2:
         failures.append(f"evaluation images: {[i.size for i in images]}, not two of {px} px")
-    return {"method": name, "model": model, "task": task.name, "concept": task.concept, "ok": not failures,
-            "seconds": round(seconds, 2), "trained_tensors": len(changed),
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "threads": torch.get_num_threads(), "failures": failures}
+    return {"method": name, "task": task.name, "concept": task.concept, "ok": not failures,
+            "seconds": round(seconds, 2), "trained_tensors": len(changed), "threads": torch.get_num_threads(),
+            "failures": failures}
+
+
+def _save_state(pipe: Any, keys: set[str], path: Path, save_file: Any) -> None:
+    tensors = {k: getattr(pipe, k.split(".", 1)[0]).state_dict()[k.split(".", 1)[1]].contiguous() for k in keys}
+    save_file({k: v.clone() for k, v in tensors.items()}, str(path))
+
+
+def _load_state(pipe: Any, tensors: dict[str, torch.Tensor]) -> None:
+    for component in {k.split(".", 1)[0] for k in tensors}:
+        state = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith(component + ".")}
+        getattr(pipe, component).load_state_dict(state, strict=False)
+
+
+def _in_child(name: str, pipe: Any, task: str) -> dict[str, Any]:
+    """Fork; the child checks ``name`` and writes its row; the parent returns it with the child's peak RSS."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read)
+        try:
+            row = check_one(name, pipe, task)
+        except BaseException as e:  # noqa: BLE001 - any failure is this method's row, not the run's end
+            row = {"method": name, "ok": False, "failures": [f"{type(e).__name__}: {e}",
+                                                             *traceback.format_exc().splitlines()[-4:]]}
+        os.write(write, json.dumps(row).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        text = f.read()
+    _, status, usage = os.wait4(pid, 0)
+    row = json.loads(text) if text else {"method": name, "ok": False, "failures": [f"child died ({status})"]}
+    return {**row, "peak_rss_mib": round(usage.ru_maxrss / 1024)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Check each requested method in a subprocess; print the rows; 1 if any failed."""
+    """Build the model once, check each requested method in a forked child; print the rows; 1 if any failed."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="sd14_random", choices=["sd14_random", "tiny"])
     p.add_argument("--methods", default="", help="comma list (default: all 13 methods)")
     p.add_argument("--task", default="", help="one task for all (style, object, nudity, smoke); default per method")
     p.add_argument("--sample-size", type=int, default=16, help="sd14_random's latent size (16 = 128 px)")
-    p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.one:
-        task = args.task or ("smoke" if args.model == "tiny" else TASKS[args.one])
-        print(json.dumps(check_one(args.one, args.model, task, args.sample_size)))
-        return 0
     names = [m for m in args.methods.split(",") if m] or list(TASKS)
+    pipe = _build(args.model, args.sample_size)
     rows = []
     for name in names:
-        cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--sample-size", str(args.sample_size),
-               *(["--task", args.task] if args.task else [])]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        try:  # a crash is a failed row; the other methods still run
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            row = {"method": name, "ok": False, "failures": (proc.stderr.strip().splitlines() or ["crashed"])[-3:]}
+        task = args.task or ("smoke" if args.model == "tiny" else TASKS[name])
+        row = {**_in_child(name, pipe, task), "model": args.model}
         print(json.dumps(row), flush=True)
         rows.append(row)
     print(json.dumps(rows))
