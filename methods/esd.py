@@ -81,13 +81,13 @@ def _precision(pipe: Any, train_dtype: str) -> Iterator[None]:
     """Run the block with the UNet and text encoder in float64 (``train_dtype="float64"``), then cast back."""
     modules = (pipe.unet, pipe.text_encoder) if train_dtype == "float64" else ()
     dtypes = [m.dtype for m in modules]
-    for m in modules:
-        m.to(torch.float64)
+    for m in modules:  # torch's .to: diffusers' override warns about fp32-only modules, of which SD has none
+        torch.nn.Module.to(m, torch.float64)
     try:
         yield
     finally:
         for m, dtype in zip(modules, dtypes):
-            m.to(dtype)
+            torch.nn.Module.to(m, dtype)
 
 
 @register_method("esd")

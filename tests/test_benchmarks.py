@@ -50,7 +50,7 @@ def test_sd_arch_check_runs_its_checks_on_the_tiny_model() -> None:
     assert uce["trained_tensors"] > 0 and none["trained_tensors"] == 0 and uce["peak_rss_mib"] > 0
 
 
-@pytest.mark.slow  # the SD v1.4 architecture on CPU: about N minutes for the 13 methods (BENCHMARKS.md)
+@pytest.mark.slow  # the SD v1.4 architecture on CPU: 36 min for the 13 methods at 1 thread (BENCHMARKS.md)
 def test_every_method_on_the_sd14_architecture() -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks/sd_arch_check.py")], capture_output=True,
                           text=True, timeout=7200)
