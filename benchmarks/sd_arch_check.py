@@ -81,7 +81,7 @@ def check_one(name: str, pipe: Any, task_name: str) -> dict[str, Any]:
     node = {k: v for k, v in cfg["method"].items() if k != "name"}  # type: ignore[index, union-attr]
     method = cls(build_config(cls, {**node, **cls.smoke_settings}, "method"))
     task = build_task(cfg["task"], CONCEPTS[task_name], limit=2)  # type: ignore[index, arg-type]
-    px = 8 * pipe.unet.config.sample_size
+    px = pipe.vae_scale_factor * pipe.unet.config.sample_size
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = ImageCache(Path(tmp) / "images", Sampler(steps=4, guidance_scale=7.5, height=px, width=px), 2,

@@ -222,10 +222,20 @@ class Trainer:
         self.opt = cls(list(params.values()), lr=lr, **opt_kwargs)
         self.bar = tqdm(total=steps, desc=desc)
         self.first_loss: float | None = None
-        device = next(iter(params.values())).device
-        # The fp32 master tensors sit inside a half-precision model: autocast runs its matmuls and convolutions
-        # in the model's dtype (CUDA, and CPU for bf16 checks without a GPU).
-        self.autocast = torch.autocast(device.type, dtype=self.dtype) if half else contextlib.nullcontext()
+        self.device_type = next(iter(params.values())).device.type
+
+    @property
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """A fresh autocast context for the model's dtype (a no-op in fp32/fp64 models).
+
+        The fp32 master tensors sit inside a half-precision model: autocast runs its matmuls and convolutions in
+        the model's dtype (CUDA, and CPU for bf16 checks without a GPU). A new object per ``with``: one
+        ``torch.autocast`` entered twice, nested (an attack that resamples x_t under it), restores the wrong
+        state on exit and leaves autocast on for everything after.
+        """
+        if self.dtype in (torch.float16, torch.bfloat16):
+            return torch.autocast(self.device_type, dtype=self.dtype)
+        return contextlib.nullcontext()
 
     def step(self, loss: torch.Tensor) -> float:
         """Backpropagate ``loss``, check it, and update the parameters."""

@@ -53,7 +53,8 @@ class Sampler:
 
 def tensor_digest(t: torch.Tensor) -> str:
     """Hash of a tensor's dtype, shape and bytes."""
-    data = t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+    # reshape(-1): a channels-last 1x1 conv weight counts as contiguous yet keeps a last stride != 1
+    data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
     h = hashlib.blake2b(data, digest_size=16)
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
     return h.hexdigest()

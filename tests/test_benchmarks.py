@@ -58,3 +58,18 @@ def test_every_method_on_the_sd14_architecture() -> None:
     failed = {r["method"]: r.get("failures") for r in rows if not r["ok"]}
     assert len(rows) == 13 and not failed and proc.returncode == 0, failed
     assert {r["task"] for r in rows} == {"style", "object", "nudity"}
+
+
+def test_gpu_check_smoke_writes_its_json_and_markdown(tmp_path: Path) -> None:
+    out = _run("gpu_check.py", "--smoke", "--out", str(tmp_path))
+    assert out["failed_methods"] == []
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    gen = {(r["generator"], r["batch"]): r for r in result["generation"]}
+    ours = gen["erasebench (sdpa)", 2]
+    assert ours["images_s"] > 0 and ours["x_reference"] == pytest.approx(
+        ours["images_s"] / gen["per-image fp32 loop (reference scripts)", 1]["images_s"], rel=0.02)
+    assert {"erasebench (no_sdpa)", "erasebench (channels_last)"} <= {g for g, _ in gen}
+    assert result["esd"]["s_per_it"] > 0 and len(result["methods"]) == 13
+    assert all(r["seconds"] >= 0 for r in result["methods"])
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "## (a) generation" in md and "| esd |" in md

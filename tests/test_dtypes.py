@@ -42,3 +42,14 @@ def test_bf16_training_on_cpu_keeps_the_dtype_and_trains(name: str, bf16_pipe: A
     assert {p.dtype for m in (out.unet, out.text_encoder) for p in m.parameters()} == {torch.bfloat16}
     changed = {k for k, v in weight_digests(out).items() if before[k] != v}
     assert changed and changed <= declared
+
+
+def test_nested_trainer_autocast_leaves_autocast_off(bf16_pipe: Any) -> None:
+    from erasebench.erasure import Trainer, select_parameters
+
+    trainer = Trainer(select_parameters(bf16_pipe.unet, "xattn"), "adam", 1e-3, 1, desc="test")
+    with trainer.autocast:  # AdvUnlearn's attack resamples x_t under the same trainer's autocast
+        with trainer.autocast:
+            assert torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled("cpu")  # a leaked autocast turns every later CPU matmul into bf16
+    trainer.finish()

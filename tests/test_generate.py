@@ -98,3 +98,11 @@ def test_per_item_guidance_is_used_and_cached_apart(tiny_pipe: Any, tmp_path: Pa
     assert np.abs(np.asarray(mixed[1], dtype=int) - np.asarray(at_one[0], dtype=int)).max() <= 2
     assert np.abs(np.asarray(mixed[0], dtype=int) - np.asarray(alone[0], dtype=int)).max() <= 2
     assert np.abs(np.asarray(mixed[0], dtype=int) - np.asarray(mixed[1], dtype=int)).mean() > 1
+
+
+def test_digests_of_a_channels_last_model_equal_the_contiguous_ones(tiny_pipe: Any) -> None:
+    from erasebench.generate import weight_digests
+
+    before = weight_digests(tiny_pipe)
+    tiny_pipe.unet.to(memory_format=torch.channels_last)  # 1x1 convs: "contiguous", last stride != 1
+    assert weight_digests(tiny_pipe) == before
