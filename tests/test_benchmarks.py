@@ -43,6 +43,7 @@ def test_bench_methods_times_each_method_alone_and_keeps_going_after_a_failure()
     assert bad["method"] == "no_such_method" and "esd" in bad["error"]  # the error lists the valid names
 
 
+@pytest.mark.slow  # CI time; the same checks run over the registry in tests/test_contract.py
 def test_sd_arch_check_runs_its_checks_on_the_tiny_model() -> None:
     rows = _run("sd_arch_check.py", "--model", "tiny", "--methods", "uce,none")
     assert [r["method"] for r in rows] == ["uce", "none"] and all(r["ok"] for r in rows), rows
