@@ -134,20 +134,9 @@ def part_methods(pipe: Any, device: torch.device, deadline: float) -> list[dict[
 
 
 def _one_method(name: str, pipe: Any, device: torch.device) -> dict[str, Any]:
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-    from sd_arch_check import CONCEPTS, TASKS
+    from sd_arch_check import TASKS, smoke_method_and_task
 
-    from erasebench.configs import build_config, build_task
-    from erasebench.registry import METHODS
-
-    with initialize_config_module(config_module="erasebench.conf", version_base="1.3"):
-        cfg = OmegaConf.to_container(compose(config_name="config", overrides=[
-            "model=tiny", f"method={name}", f"task={TASKS[name]}"]), resolve=True)
-    cls = METHODS.get(name)
-    node = {k: v for k, v in cfg["method"].items() if k != "name"}  # type: ignore[index, union-attr]
-    method = cls(build_config(cls, {**node, **cls.smoke_settings}, "method"))
-    task = build_task(cfg["task"], CONCEPTS[TASKS[name]], limit=2)  # type: ignore[index, arg-type]
+    method, task = smoke_method_and_task(name, TASKS[name])
     with tempfile.TemporaryDirectory() as tmp:
         px = pipe.vae_scale_factor * pipe.unet.config.sample_size
         cache = ImageCache(Path(tmp) / "images", Sampler(steps=4, height=px, width=px), 2, progress=False)

@@ -62,16 +62,13 @@ def _outputs(pipe: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return states, pipe.unet(z, torch.tensor([500]), encoder_hidden_states=states).sample
 
 
-def check_one(name: str, pipe: Any, task_name: str) -> dict[str, Any]:
-    """Run the four checks for method ``name`` on ``pipe`` (edited in place: call it in a forked child)."""
+def smoke_method_and_task(name: str, task_name: str) -> tuple[Any, Any]:
+    """Method ``name`` at its paper settings plus ``smoke_settings`` (no toy preset), and the task's
+    ``CONCEPTS`` concept with two prompts per split."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
-    from safetensors.torch import load_file, save_file
 
-    from erasebench.api import RunContext
     from erasebench.configs import build_config, build_task
-    from erasebench.erased import load_erased, save_erased
-    from erasebench.generate import ImageCache, Sampler, weight_digests
     from erasebench.registry import METHODS
 
     with initialize_config_module(config_module="erasebench.conf", version_base="1.3"):
@@ -80,7 +77,18 @@ def check_one(name: str, pipe: Any, task_name: str) -> dict[str, Any]:
     cls = METHODS.get(name)
     node = {k: v for k, v in cfg["method"].items() if k != "name"}  # type: ignore[index, union-attr]
     method = cls(build_config(cls, {**node, **cls.smoke_settings}, "method"))
-    task = build_task(cfg["task"], CONCEPTS[task_name], limit=2)  # type: ignore[index, arg-type]
+    return method, build_task(cfg["task"], CONCEPTS[task_name], limit=2)  # type: ignore[index, arg-type]
+
+
+def check_one(name: str, pipe: Any, task_name: str) -> dict[str, Any]:
+    """Run the four checks for method ``name`` on ``pipe`` (edited in place: call it in a forked child)."""
+    from safetensors.torch import load_file, save_file
+
+    from erasebench.api import RunContext
+    from erasebench.erased import load_erased, save_erased
+    from erasebench.generate import ImageCache, Sampler, weight_digests
+
+    method, task = smoke_method_and_task(name, task_name)
     px = pipe.vae_scale_factor * pipe.unet.config.sample_size
     failures: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
