@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from erasebench.clip_tokenizer import sd_clip_tokenizer
+from erasebench.clip_tokenizer import byte_symbols, sd_clip_tokenizer
 from erasebench.errors import ConfigError, MissingFileError, UnknownNameError, unknown_name_message
 
 #: Sampler name -> diffusers scheduler class name.
@@ -63,10 +63,7 @@ def build_char_tokenizer(max_length: int = 77) -> Any:
     """
     from transformers import CLIPTokenizer
 
-    # GPT-2/CLIP byte -> printable-unicode map: printable bytes map to themselves, the rest to 256+.
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = [b for b in range(256) if b not in printable]
-    chars = [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+    chars = byte_symbols()  # GPT-2/CLIP's byte symbols, in the real vocabulary's order
     vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars])}
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
     with tempfile.TemporaryDirectory() as tmp:
