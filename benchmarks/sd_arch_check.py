@@ -41,7 +41,7 @@ TASKS = {"none": "style", "esd": "style", "abconcept": "style", "uce": "style", 
 CONCEPTS = {"style": "van_gogh", "object": "church", "nudity": "nudity", "smoke": "cat"}
 
 
-def _build(model: str, size: int) -> Any:
+def build(model: str, size: int) -> Any:
     from erasebench.models import build_sd14_random, build_tiny
 
     pipe = build_sd14_random(sample_size=size) if model == "sd14_random" else build_tiny()
@@ -62,9 +62,9 @@ def _outputs(pipe: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return states, pipe.unet(z, torch.tensor([500]), encoder_hidden_states=states).sample
 
 
-def smoke_method_and_task(name: str, task_name: str) -> tuple[Any, Any]:
-    """Method ``name`` at its paper settings plus ``smoke_settings`` (no toy preset), and the task's
-    ``CONCEPTS`` concept with two prompts per split."""
+def smoke_method_and_task(name: str, task_name: str, settings: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """Method ``name`` at its paper settings plus ``settings`` (default: its ``smoke_settings``; no toy preset),
+    and the task's ``CONCEPTS`` concept with two prompts per split."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
@@ -76,7 +76,8 @@ def smoke_method_and_task(name: str, task_name: str) -> tuple[Any, Any]:
             "model=tiny", f"method={name}", f"task={task_name}"]), resolve=True)
     cls = METHODS.get(name)
     node = {k: v for k, v in cfg["method"].items() if k != "name"}  # type: ignore[index, union-attr]
-    method = cls(build_config(cls, {**node, **cls.smoke_settings}, "method"))
+    extra = cls.smoke_settings if settings is None else settings
+    method = cls(build_config(cls, {**node, **extra}, "method"))
     return method, build_task(cfg["task"], CONCEPTS[task_name], limit=2)  # type: ignore[index, arg-type]
 
 
@@ -136,14 +137,15 @@ def _load_state(pipe: Any, tensors: dict[str, torch.Tensor]) -> None:
         getattr(pipe, component).load_state_dict(state, strict=False)
 
 
-def _in_child(name: str, pipe: Any, task: str) -> dict[str, Any]:
-    """Fork; the child checks ``name`` and writes its row; the parent returns it with the child's peak RSS."""
+def in_child(name: str, pipe: Any, task: str, fn: Any = None) -> dict[str, Any]:
+    """Fork; the child runs ``fn(name, pipe, task)`` (default :func:`check_one`) and writes its row; the parent
+    returns that row with the child's peak RSS."""
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read)
         try:
-            row = check_one(name, pipe, task)
+            row = (fn or check_one)(name, pipe, task)
         except BaseException as e:  # noqa: BLE001 - any failure is this method's row, not the run's end
             row = {"method": name, "ok": False, "failures": [f"{type(e).__name__}: {e}",
                                                              *traceback.format_exc().splitlines()[-4:]]}
@@ -166,11 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-size", type=int, default=16, help="sd14_random's latent size (16 = 128 px)")
     args = p.parse_args(argv)
     names = [m for m in args.methods.split(",") if m] or list(TASKS)
-    pipe = _build(args.model, args.sample_size)
+    pipe = build(args.model, args.sample_size)
     rows = []
     for name in names:
         task = args.task or ("smoke" if args.model == "tiny" else TASKS[name])
-        row = {**_in_child(name, pipe, task), "model": args.model}
+        row = {**in_child(name, pipe, task), "model": args.model}
         print(json.dumps(row), flush=True)
         rows.append(row)
     print(json.dumps(rows))

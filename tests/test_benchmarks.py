@@ -74,3 +74,17 @@ def test_gpu_check_smoke_writes_its_json_and_markdown(tmp_path: Path) -> None:
     assert all(r["seconds"] >= 0 for r in result["methods"])
     md = (tmp_path / "gpu_check.md").read_text()
     assert "## (a) generation" in md and "| esd |" in md
+
+
+def test_sd_iteration_cost_times_iterations_and_projects_them(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/sd_iteration_cost.py"), "--model", "tiny", "--methods",
+                    "esd,uce", "--out", str(tmp_path)], check=True, capture_output=True, timeout=600,
+                   env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    esd, uce = json.loads((tmp_path / "sd_iteration_cost.json").read_text())["rows"]
+    assert esd["timed_steps"] == 4 and len(esd["intervals_s"]) == 3  # TIMING's 4 iterations, 3 intervals
+    assert esd["s_per_it"] == pytest.approx(sum(esd["intervals_s"]) / 3, abs=0.02)
+    assert esd["flops_per_it"]["rest"] > 0 and esd["paper_steps"] == 1000
+    # tiny: no scaling, so the projection is the measured FLOPs over the H100 at the anchors' utilisation
+    assert esd["tflop_per_it_512"] == pytest.approx(esd["flops_per_it"]["rest"] / 1e12, abs=0.01)
+    assert "s_per_it" not in uce and uce["ok"] and uce["erase_s"] >= 0  # closed form: one solve, no iterations
+    assert "| esd | smoke | True |" in (tmp_path / "sd_iteration_cost.md").read_text()
