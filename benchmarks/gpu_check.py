@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_speed  # the benchmarks directory is not a package
 
-from erasebench.api import PromptItem, RunContext
-from erasebench.generate import ImageCache, Sampler
+from erasebench.api import PromptItem
+from erasebench.generate import Sampler
 
 VARIANTS = ("sdpa", "no_sdpa", "channels_last", "compile")
 
@@ -134,14 +134,11 @@ def part_methods(pipe: Any, device: torch.device, deadline: float) -> list[dict[
 
 
 def _one_method(name: str, pipe: Any, device: torch.device) -> dict[str, Any]:
-    from sd_arch_check import TASKS, smoke_method_and_task
+    from sd_arch_check import TASKS, smoke_method_and_task, smoke_run
 
     method, task = smoke_method_and_task(name, TASKS[name])
     with tempfile.TemporaryDirectory() as tmp:
-        px = pipe.vae_scale_factor * pipe.unet.config.sample_size
-        cache = ImageCache(Path(tmp) / "images", Sampler(steps=4, height=px, width=px), 2, progress=False)
-        run = RunContext(seed=0, device=device, dtype=next(pipe.unet.parameters()).dtype, run_dir=Path(tmp),
-                         generate=cache, original_images=lambda items: cache(pipe, items), cache_dir=Path(tmp))
+        run = smoke_run(pipe, Path(tmp), device)
         _reset_peak(device)
         start = time.perf_counter()
         try:
@@ -153,14 +150,16 @@ def _one_method(name: str, pipe: Any, device: torch.device) -> dict[str, Any]:
                 "peak_gpu_mib": _peak_mib(device)}
 
 
+def table(rows: list[dict[str, Any]], keys: list[str] | None = None) -> str:
+    """``rows`` as one Markdown table: columns ``keys`` (default: every key, in first-seen order)."""
+    keys = keys or list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The three parts as Markdown tables."""
-    def table(rows: list[dict[str, Any]]) -> str:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-        lines += ["| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + " |" for r in rows]
-        return "\n".join(lines)
-
     head = {k: v for k, v in result.items() if k not in ("generation", "esd", "methods")}
     return "\n\n".join([f"# gpu_check {json.dumps(head)}", "## (a) generation", table(result["generation"]),
                         "## (b) ESD-x", table([result["esd"]]), "## (c) methods", table(result["methods"])]) + "\n"

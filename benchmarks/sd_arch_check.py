@@ -81,6 +81,18 @@ def smoke_method_and_task(name: str, task_name: str, settings: dict[str, Any] | 
     return method, build_task(cfg["task"], CONCEPTS[task_name], limit=2)  # type: ignore[index, arg-type]
 
 
+def smoke_run(pipe: Any, tmp: Path, device: torch.device) -> Any:
+    """A ``RunContext`` in ``tmp`` whose images (the method's own and the original model's) come from the
+    harness's cached generation at 4 DDIM steps and the UNet's sample size, in the pipeline's dtype."""
+    from erasebench.api import RunContext
+    from erasebench.generate import ImageCache, Sampler
+
+    px = pipe.vae_scale_factor * pipe.unet.config.sample_size
+    cache = ImageCache(tmp / "images", Sampler(steps=4, height=px, width=px), 2, progress=False)
+    return RunContext(seed=0, device=device, dtype=next(pipe.unet.parameters()).dtype, run_dir=tmp,
+                      generate=cache, original_images=lambda items: cache(pipe, items), cache_dir=tmp)
+
+
 def check_one(name: str, pipe: Any, task_name: str) -> dict[str, Any]:
     """Run the four checks for method ``name`` on ``pipe`` (edited in place: call it in a forked child)."""
     from safetensors.torch import load_file, save_file

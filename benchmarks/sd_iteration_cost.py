@@ -24,7 +24,8 @@ The projection to 512 px on one H100 is arithmetic, not a measurement:
 * Utilisation comes from the published anchors (SD 1.5, fp16, A100, batch 1, 50 DDIM steps with CFG:
   1.59 s/img plain diffusers, 1.07 s compiled): their FLOPs (50 CFG steps + one VAE decode, counted here)
   over 1.59 s (or 1.07 s) and the A100's 312 TFLOP/s fp16 dense peak. The H100 estimate is the iteration's
-  FLOPs over 989 TFLOP/s (H100 SXM fp16 dense) times each utilisation, i.e. a range from "plain" to "compiled".
+  FLOPs over 989.4 TFLOP/s (H100 SXM fp16 dense; both peaks from ``bench_speed.PEAK_TFLOPS``) times each
+  utilisation, i.e. a range from "plain" to "compiled".
 * Paper minutes = the paper's optimiser steps (``paper_steps``) x that; fixed costs (anchor images,
   trajectories, closed-form stages) are not in it.
 
@@ -46,6 +47,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sd_arch_check  # the benchmarks directory is not a package
+from bench_speed import PEAK_TFLOPS
+from gpu_check import table
 
 #: Counts lowered from the paper settings (every other setting stays the paper's).
 TIMING: dict[str, dict[str, Any]] = {
@@ -65,7 +68,7 @@ TIMING: dict[str, dict[str, Any]] = {
 #: AdvUnlearn's attack steps timed, and the paper's: an attack iteration's cost is the warm-up interval plus
 #: (paper / timed) x its excess over it (the attack steps are alike: each a fresh x_t and a gradient step).
 ATTACK = {"advunlearn": (3, 30)}
-A100_FP16, H100_FP16 = 312e12, 989e12
+A100_FP16, H100_FP16 = PEAK_TFLOPS["A100"] * 1e12, PEAK_TFLOPS["H100 SXM"] * 1e12
 ANCHORS_S = {"plain": 1.59, "compiled": 1.07}
 
 
@@ -95,8 +98,6 @@ def measure(name: str, pipe: Any, task_name: str) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from erasebench import erasure
-    from erasebench.api import RunContext
-    from erasebench.generate import ImageCache, Sampler
 
     method, task = sd_arch_check.smoke_method_and_task(name, task_name, TIMING.get(name, {}))
     stamps: list[tuple[float, dict[str, int]]] = []
@@ -109,11 +110,8 @@ def measure(name: str, pipe: Any, task_name: str) -> dict[str, Any]:
                                                                    _split(counter.get_flop_counts()))))
 
     erasure.Trainer.__init__ = patched  # type: ignore[method-assign]  # a forked child: nothing else sees it
-    px = pipe.vae_scale_factor * pipe.unet.config.sample_size
     with tempfile.TemporaryDirectory() as tmp:
-        cache = ImageCache(Path(tmp) / "images", Sampler(steps=4, height=px, width=px), 2, progress=False)
-        run = RunContext(seed=0, device=torch.device("cpu"), dtype=torch.float32, run_dir=Path(tmp),
-                         generate=cache, original_images=lambda items: cache(pipe, items), cache_dir=Path(tmp))
+        run = sd_arch_check.smoke_run(pipe, Path(tmp), torch.device("cpu"))
         torch.manual_seed(0)
         start = time.perf_counter()
         with counter:
@@ -169,6 +167,11 @@ def scale_ratios(latent: int) -> dict[str, float]:
             "vae_decode_512_tflop": v64 / 1e12, "anchor_tflop_per_img": (50 * u64 + v64) / 1e12}
 
 
+def utilisation(ratios: dict[str, float]) -> dict[str, float]:
+    """The A100's utilisation in each published anchor: its FLOPs per image over seconds x fp16 peak."""
+    return {label: ratios["anchor_tflop_per_img"] * 1e12 / s / A100_FP16 for label, s in ANCHORS_S.items()}
+
+
 def project(row: dict[str, Any], ratios: dict[str, float]) -> dict[str, Any]:
     """The H100 projection of one measured row (see the module docstring)."""
     f = row.get("flops_per_it")
@@ -176,8 +179,7 @@ def project(row: dict[str, Any], ratios: dict[str, float]) -> dict[str, Any]:
         return {}
     tflop = (f["rest"] * ratios["unet"] + f["text"]) / 1e12
     out: dict[str, Any] = {"tflop_per_it_512": round(tflop, 2)}
-    for label, anchor_s in ANCHORS_S.items():
-        util = ratios["anchor_tflop_per_img"] * 1e12 / anchor_s / A100_FP16
+    for label, util in utilisation(ratios).items():
         s_it = tflop * 1e12 / (H100_FP16 * util)
         out[f"h100_s_per_it_{label}"] = round(s_it, 3)
         if row.get("paper_steps"):
@@ -187,15 +189,15 @@ def project(row: dict[str, Any], ratios: dict[str, float]) -> dict[str, Any]:
 
 def markdown(rows: list[dict[str, Any]], ratios: dict[str, float]) -> str:
     """The rows as one Markdown table, the arithmetic's constants above it."""
-    util = {k: ratios["anchor_tflop_per_img"] * 1e12 / s / A100_FP16 for k, s in ANCHORS_S.items()}
-    head = (f"UNet CFG step at 512 px: {ratios['cfg_step_512_tflop']:.3f} TFLOP; VAE decode {ratios['vae_decode_512_tflop']:.3f}"
-            f"; anchor image {ratios['anchor_tflop_per_img']:.1f} TFLOP -> A100 utilisation "
-            f"{util['plain']:.1%} plain, {util['compiled']:.1%} compiled; scale to 512 px: UNet x{ratios['unet']:.2f}, "
-            f"rest x{ratios['vae']:.2f}.")
+    util = utilisation(ratios)
+    head = (f"UNet CFG step at 512 px: {ratios['cfg_step_512_tflop']:.3f} TFLOP; "
+            f"VAE decode {ratios['vae_decode_512_tflop']:.3f}; "
+            f"anchor image {ratios['anchor_tflop_per_img']:.1f} TFLOP -> A100 utilisation "
+            f"{util['plain']:.1%} plain, {util['compiled']:.1%} compiled; scale to 512 px: all but the text "
+            f"encoder x{ratios['unet']:.2f} (the UNet's; the VAE decode's alone would be x{ratios['vae']:.2f}).")
     keys = ["method", "task", "ok", "s_per_it", "erase_s", "tflop_per_it_512", "paper_steps", "h100_s_per_it_plain",
             "h100_s_per_it_compiled", "h100_paper_min_plain", "h100_paper_min_compiled"]
-    lines = [head, "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k in keys) + " |" for r in rows]
+    lines = [head, "", table(rows, keys)]
     return "\n".join(lines) + "\n"
 
 
